@@ -1,0 +1,380 @@
+"""The primitive registry: one row per primitive with its kind and its shape/dtype rule.
+
+Every other per-primitive table (interpreter, VJP, CPU and CUDA emitters) is keyed by the names
+registered here, and a test checks that each table covers every primitive.
+
+A shape rule takes the input TensorTypes and the node's Attrs and returns the output TensorType,
+raising ShapeError (bad shapes) or TypeError (bad dtypes) with a message naming the op.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from .dtypes import FLOAT_DTYPES, as_dtype, is_bool, is_float, is_int
+from .types import ShapeError, TensorType, broadcast_shapes, normalize_axes
+
+# Kinds group primitives for passes and emitters:
+#   unary / binary / compare / select / cast   elementwise (binary ops broadcast implicitly)
+#   reduce                                      sum, max, argmax over axes
+#   movement                                    reshape, transpose, broadcast_to, slice, pad, concat
+#   gather                                      gather / scatter_add along an axis
+#   matmul                                      (batched) matrix product with transpose flags
+#   window                                      unfold / fold (im2col / col2im)
+#   source                                      constant, iota, random_uniform (no tensor inputs)
+ELEMENTWISE_KINDS = ("unary", "binary", "compare", "select", "cast")
+
+
+@dataclass(frozen=True)
+class Primitive:
+    name: str
+    kind: str
+    arity: int | None  # None: variadic
+    rule: Callable
+    attrs: tuple[str, ...] = ()
+    doc: str = ""
+
+    @property
+    def elementwise(self) -> bool:
+        return self.kind in ELEMENTWISE_KINDS
+
+
+PRIMITIVES: dict[str, Primitive] = {}
+
+
+def register(name, kind, arity, attrs=(), doc=""):
+    def wrap(rule):
+        PRIMITIVES[name] = Primitive(name, kind, arity, rule, tuple(attrs), doc)
+        return rule
+
+    return wrap
+
+
+def infer_type(op: str, in_types, attrs) -> TensorType:
+    """Run `op`'s shape rule; the single entry point used by builders and the verifier."""
+    prim = PRIMITIVES.get(op)
+    if prim is None:
+        raise TypeError(f"unknown primitive {op!r}")
+    if prim.arity is not None and len(in_types) != prim.arity:
+        raise TypeError(f"{op} takes {prim.arity} inputs, got {len(in_types)}")
+    missing = [a for a in prim.attrs if a not in attrs]
+    if missing:
+        raise TypeError(f"{op} needs attributes {missing}")
+    return prim.rule(tuple(in_types), attrs)
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+def _need(cond, op, what):
+    if not cond:
+        raise TypeError(f"{op}: {what}")
+
+
+def _same_dtype(op, types):
+    dts = {t.dtype for t in types}
+    _need(len(dts) == 1, op, f"inputs must share one dtype, got {', '.join(str(t) for t in types)}")
+    return dts.pop()
+
+
+# ---------------------------------------------------------------------------------------------
+# elementwise
+
+FLOAT_UNARY = ("exp", "log", "log1p", "sqrt", "rsqrt", "tanh", "sigmoid", "sin", "cos", "erf",
+               "reciprocal")
+NUMERIC_UNARY = ("neg", "abs", "sign")
+
+
+def _float_unary(name):
+    @register(name, "unary", 1)
+    def rule(ts, attrs, _name=name):
+        _need(is_float(ts[0].dtype), _name, f"needs a float input, got {ts[0]} (cast it first)")
+        return ts[0]
+
+
+def _numeric_unary(name):
+    @register(name, "unary", 1)
+    def rule(ts, attrs, _name=name):
+        _need(not is_bool(ts[0].dtype), _name, f"needs a numeric input, got {ts[0]}")
+        return ts[0]
+
+
+for _n in FLOAT_UNARY:
+    _float_unary(_n)
+for _n in NUMERIC_UNARY:
+    _numeric_unary(_n)
+
+
+@register("stop_gradient", "unary", 1, doc="identity whose gradient is zero")
+def _stop_gradient(ts, attrs):
+    return ts[0]
+
+
+ARITH_BINARY = ("add", "sub", "mul", "div", "pow", "maximum", "minimum")
+COMPARE = ("eq", "ne", "lt", "le", "gt", "ge")
+
+
+def _binary(name):
+    @register(name, "binary", 2)
+    def rule(ts, attrs, _name=name):
+        dt = _same_dtype(_name, ts)
+        _need(not is_bool(dt), _name, f"needs numeric inputs, got {ts[0]} and {ts[1]}")
+        if _name in ("div", "pow"):
+            _need(is_float(dt), _name, f"needs float inputs, got {ts[0]} and {ts[1]}")
+        return TensorType(dt, broadcast_shapes(ts[0].shape, ts[1].shape, op=_name))
+
+
+def _compare(name):
+    @register(name, "compare", 2)
+    def rule(ts, attrs, _name=name):
+        _same_dtype(_name, ts)
+        return TensorType("bool", broadcast_shapes(ts[0].shape, ts[1].shape, op=_name))
+
+
+for _n in ARITH_BINARY:
+    _binary(_n)
+for _n in COMPARE:
+    _compare(_n)
+
+
+@register("select", "select", 3, doc="where(cond, a, b)")
+def _select(ts, attrs):
+    c, a, b = ts
+    _need(is_bool(c.dtype), "select", f"condition must be bool, got {c}")
+    dt = _same_dtype("select", (a, b))
+    return TensorType(dt, broadcast_shapes(c.shape, a.shape, b.shape, op="select"))
+
+
+@register("cast", "cast", 1, attrs=("dtype",))
+def _cast(ts, attrs):
+    return TensorType(as_dtype(attrs["dtype"]), ts[0].shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# reductions
+
+
+def _reduce_shape(t, attrs, op):
+    axes = normalize_axes(attrs["axes"], t.ndim, op)
+    _need(tuple(attrs["axes"]) == axes, op, f"axes must be normalised (sorted, non-negative): "
+          f"{attrs['axes']}")
+    if attrs["keepdims"]:
+        return tuple(1 if i in axes else d for i, d in enumerate(t.shape))
+    return tuple(d for i, d in enumerate(t.shape) if i not in axes)
+
+
+@register("sum", "reduce", 1, attrs=("axes", "keepdims"))
+def _sum(ts, attrs):
+    _need(not is_bool(ts[0].dtype), "sum", f"cast bool to a number before summing ({ts[0]})")
+    return ts[0].with_shape(_reduce_shape(ts[0], attrs, "sum"))
+
+
+@register("max", "reduce", 1, attrs=("axes", "keepdims"))
+def _max(ts, attrs):
+    _need(not is_bool(ts[0].dtype), "max", f"needs a numeric input, got {ts[0]}")
+    for a in attrs["axes"]:
+        if ts[0].shape[a] == 0:
+            raise ShapeError(f"max: zero-size axis {a} in {ts[0]} has no maximum")
+    return ts[0].with_shape(_reduce_shape(ts[0], attrs, "max"))
+
+
+@register("argmax", "reduce", 1, attrs=("axis",), doc="index of the first maximum along axis")
+def _argmax(ts, attrs):
+    t = ts[0]
+    (axis,) = normalize_axes(attrs["axis"], t.ndim, "argmax")
+    _need(attrs["axis"] == axis, "argmax", "axis must be normalised (non-negative)")
+    return TensorType("int64", t.shape[:axis] + t.shape[axis + 1:])
+
+
+# ---------------------------------------------------------------------------------------------
+# movement
+
+
+@register("reshape", "movement", 1, attrs=("shape",))
+def _reshape(ts, attrs):
+    shape = tuple(attrs["shape"])
+    new = TensorType(ts[0].dtype, shape)
+    if new.size != ts[0].size:
+        raise ShapeError(f"reshape: cannot reshape {ts[0]} ({ts[0].size} elements) to {shape}")
+    return new
+
+
+@register("transpose", "movement", 1, attrs=("perm",))
+def _transpose(ts, attrs):
+    perm = tuple(attrs["perm"])
+    if sorted(perm) != list(range(ts[0].ndim)):
+        raise ShapeError(f"transpose: {perm} is not a permutation of the axes of {ts[0]}")
+    return ts[0].with_shape(tuple(ts[0].shape[p] for p in perm))
+
+
+@register("broadcast_to", "movement", 1, attrs=("shape",))
+def _broadcast_to(ts, attrs):
+    shape = tuple(attrs["shape"])
+    if broadcast_shapes(ts[0].shape, shape, op="broadcast_to") != shape:
+        raise ShapeError(f"broadcast_to: cannot broadcast {ts[0]} to {shape}")
+    return ts[0].with_shape(shape)
+
+
+@register("slice", "movement", 1, attrs=("starts", "steps", "sizes"),
+          doc="out[i] = x[start + i*step] per axis; steps may be negative, never zero")
+def _slice(ts, attrs):
+    t = ts[0]
+    starts, steps, sizes = attrs["starts"], attrs["steps"], attrs["sizes"]
+    if not len(starts) == len(steps) == len(sizes) == t.ndim:
+        raise ShapeError(f"slice: needs one (start, step, size) per axis of {t}")
+    for ax, (st, sp, sz, d) in enumerate(zip(starts, steps, sizes, t.shape)):
+        if sp == 0 or sz < 0:
+            raise ShapeError(f"slice: step 0 or negative size on axis {ax}")
+        if sz and not (0 <= st < d and 0 <= st + (sz - 1) * sp < d):
+            raise ShapeError(f"slice: axis {ax} reads outside [0, {d}) of {t}")
+    return t.with_shape(tuple(sizes))
+
+
+@register("pad", "movement", 1, attrs=("pads", "value"), doc="constant padding, (lo, hi) per axis")
+def _pad(ts, attrs):
+    t = ts[0]
+    pads = attrs["pads"]
+    if len(pads) != t.ndim or any(lo < 0 or hi < 0 for lo, hi in pads):
+        raise ShapeError(f"pad: needs non-negative (lo, hi) per axis of {t}, got {pads}")
+    return t.with_shape(tuple(d + lo + hi for d, (lo, hi) in zip(t.shape, pads)))
+
+
+@register("concatenate", "movement", None, attrs=("axis",))
+def _concatenate(ts, attrs):
+    _need(len(ts) >= 1, "concatenate", "needs at least one input")
+    axis = attrs["axis"]
+    dt = _same_dtype("concatenate", ts)
+    first = ts[0].shape
+    _need(0 <= axis < len(first), "concatenate", f"axis {axis} out of range for {ts[0]}")
+    for t in ts[1:]:
+        if len(t.shape) != len(first) or any(
+            a != b for i, (a, b) in enumerate(zip(first, t.shape)) if i != axis
+        ):
+            raise ShapeError(
+                f"concatenate: shapes {', '.join(str(x.shape) for x in ts)} differ off axis {axis}"
+            )
+    size = sum(t.shape[axis] for t in ts)
+    return TensorType(dt, first[:axis] + (size,) + first[axis + 1:])
+
+
+# ---------------------------------------------------------------------------------------------
+# gather / scatter
+
+
+@register("gather", "gather", 2, attrs=("axis",), doc="np.take(x, indices, axis)")
+def _gather(ts, attrs):
+    x, idx = ts
+    axis = attrs["axis"]
+    _need(is_int(idx.dtype), "gather", f"indices must be integers, got {idx}")
+    _need(0 <= axis < x.ndim, "gather", f"axis {axis} out of range for {x}")
+    return x.with_shape(x.shape[:axis] + idx.shape + x.shape[axis + 1:])
+
+
+@register("scatter_add", "gather", 2, attrs=("axis", "dim_size"),
+          doc="adjoint of gather: zeros, then np.add.at along axis (repeated indices add up)")
+def _scatter_add(ts, attrs):
+    idx, upd = ts
+    axis, dim = attrs["axis"], attrs["dim_size"]
+    _need(is_int(idx.dtype), "scatter_add", f"indices must be integers, got {idx}")
+    k = idx.ndim
+    if upd.shape[axis:axis + k] != idx.shape:
+        raise ShapeError(f"scatter_add: updates {upd} do not match indices {idx} at axis {axis}")
+    return upd.with_shape(upd.shape[:axis] + (dim,) + upd.shape[axis + k:])
+
+
+# ---------------------------------------------------------------------------------------------
+# matmul
+
+
+@register("matmul", "matmul", 2, attrs=("transpose_a", "transpose_b"),
+          doc="(..., m, k) @ (..., k, n); batch axes broadcast; flags transpose the last two axes")
+def _matmul(ts, attrs):
+    a, b = ts
+    dt = _same_dtype("matmul", ts)
+    _need(not is_bool(dt), "matmul", "needs numeric inputs")
+    if a.ndim < 2 or b.ndim < 2:
+        raise ShapeError(f"matmul: needs inputs of 2 or more dimensions, got {a} and {b}")
+    m, k = a.shape[-2:][::-1] if attrs["transpose_a"] else a.shape[-2:]
+    k2, n = b.shape[-2:][::-1] if attrs["transpose_b"] else b.shape[-2:]
+    if k != k2:
+        raise ShapeError(f"matmul: inner dimensions differ: {a} @ {b} (k={k} vs {k2}, "
+                         f"transpose_a={attrs['transpose_a']}, transpose_b={attrs['transpose_b']})")
+    batch = broadcast_shapes(a.shape[:-2], b.shape[:-2], op="matmul batch")
+    return TensorType(dt, batch + (m, n))
+
+
+# ---------------------------------------------------------------------------------------------
+# windows: unfold (im2col) and its adjoint fold (col2im), NCHW, PyTorch's layout
+
+
+def window_output_size(size, kernel, stride, padding):
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def _window_attrs(op, attrs):
+    kernel, stride, padding = attrs["kernel"], attrs["stride"], attrs["padding"]
+    for name, v in (("kernel", kernel), ("stride", stride), ("padding", padding)):
+        _need(len(v) == 2, op, f"{name} must be a pair, got {v}")
+    _need(min(kernel) >= 1 and min(stride) >= 1 and min(padding) >= 0, op,
+          f"bad window kernel={kernel} stride={stride} padding={padding}")
+    return kernel, stride, padding
+
+
+@register("unfold", "window", 1, attrs=("kernel", "stride", "padding"),
+          doc="(N,C,H,W) -> (N, C*kh*kw, OH*OW), zero padding")
+def _unfold(ts, attrs):
+    x = ts[0]
+    kernel, stride, padding = _window_attrs("unfold", attrs)
+    if x.ndim != 4:
+        raise ShapeError(f"unfold: needs an NCHW input, got {x}")
+    n, c, h, w = x.shape
+    oh = window_output_size(h, kernel[0], stride[0], padding[0])
+    ow = window_output_size(w, kernel[1], stride[1], padding[1])
+    if oh < 1 or ow < 1:
+        raise ShapeError(f"unfold: window {kernel} with padding {padding} does not fit {x}")
+    return x.with_shape((n, c * kernel[0] * kernel[1], oh * ow))
+
+
+@register("fold", "window", 1, attrs=("output_size", "kernel", "stride", "padding"),
+          doc="(N, C*kh*kw, OH*OW) -> (N,C,H,W), overlapping windows add up (adjoint of unfold)")
+def _fold(ts, attrs):
+    x = ts[0]
+    kernel, stride, padding = _window_attrs("fold", attrs)
+    h, w = attrs["output_size"]
+    if x.ndim != 3 or x.shape[1] % (kernel[0] * kernel[1]):
+        raise ShapeError(f"fold: needs (N, C*{kernel[0]}*{kernel[1]}, L), got {x}")
+    oh = window_output_size(h, kernel[0], stride[0], padding[0])
+    ow = window_output_size(w, kernel[1], stride[1], padding[1])
+    if x.shape[2] != oh * ow:
+        raise ShapeError(f"fold: {x} has {x.shape[2]} windows, output {h}x{w} needs {oh * ow}")
+    return x.with_shape((x.shape[0], x.shape[1] // (kernel[0] * kernel[1]), h, w))
+
+
+# ---------------------------------------------------------------------------------------------
+# sources
+
+
+@register("constant", "source", 0, attrs=("value",))
+def _constant(ts, attrs):
+    a = attrs["value"].array
+    return TensorType(as_dtype(a.dtype), a.shape)
+
+
+@register("iota", "source", 0, attrs=("shape", "axis", "dtype"), doc="index along `axis`")
+def _iota(ts, attrs):
+    shape = tuple(attrs["shape"])
+    _need(0 <= attrs["axis"] < len(shape), "iota", f"axis {attrs['axis']} out of range {shape}")
+    return TensorType(attrs["dtype"], shape)
+
+
+@register("random_uniform", "source", 2, attrs=("shape", "dtype"),
+          doc="uniform [0, 1) from (seed, counter) int64 scalars; counter-based, same bits each run")
+def _random_uniform(ts, attrs):
+    for t, name in zip(ts, ("seed", "counter")):
+        _need(t.dtype == "int64" and t.shape == (), "random_uniform",
+              f"{name} must be an int64 scalar, got {t}")
+    _need(attrs["dtype"] in FLOAT_DTYPES, "random_uniform", "dtype must be float32 or float64")
+    return TensorType(attrs["dtype"], tuple(attrs["shape"]))
+
+
