@@ -1,0 +1,1 @@
+"""The compiler: tracing, autodiff, optimizers in IR, passes and code generation."""

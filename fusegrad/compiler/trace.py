@@ -1,0 +1,108 @@
+"""Tracing: call a Python function once on tracers and record what it does as a Graph.
+
+Arguments are pytrees (nested dict/list/tuple) whose leaves are arrays (traced inputs) or Python
+scalars/strings/None (static: baked into the graph, part of the cache key). Python control flow
+runs at trace time; closed-over NumPy arrays become constants.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..ir import Graph, TensorType, as_dtype
+from ..pytree import TreeDef, flatten, leaf_paths, unflatten
+from .tracer import TraceContext, Tracer, TraceError
+
+
+@dataclass(frozen=True)
+class Traced:
+    """A traced function: its Graph, and how to map pytrees to graph inputs and outputs."""
+
+    graph: Graph
+    in_tree: TreeDef
+    out_tree: TreeDef
+    static: tuple  # (leaf index, value) of the static leaves, in order
+    array_leaves: tuple  # indices of the leaves that became graph inputs
+
+
+def is_static_leaf(x) -> bool:
+    """Python scalars, strings and None are compile-time constants, not traced inputs."""
+    return isinstance(x, (bool, int, float, str)) and not isinstance(x, np.generic)
+
+
+def leaf_type(x, path: str) -> TensorType:
+    try:
+        a = x if isinstance(x, np.ndarray) else np.asarray(x)
+        return TensorType(as_dtype(a.dtype), a.shape)
+    except TypeError as exc:
+        raise TypeError(f"argument {path}: {exc}") from None
+
+
+def arg_names(fn, n: int) -> list[str]:
+    """Parameter names of `fn` for the first n positional arguments (args[i] past them)."""
+    try:
+        params = [p.name for p in inspect.signature(fn).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        params = []
+    return [params[i] if i < len(params) else f"args[{i}]" for i in range(n)]
+
+
+def signature_key(args):
+    """Hashable key of a call: pytree structure, array shapes/dtypes, static leaf values."""
+    leaves, tree = flatten(tuple(args))
+    sig = []
+    for x in leaves:
+        if is_static_leaf(x):
+            sig.append(("static", type(x).__name__, x))
+        else:
+            a = np.asarray(x)
+            sig.append((a.shape, a.dtype.str))
+    return tree, tuple(sig)
+
+
+def trace(fn, args, name=None, roles=None, kwargs=None) -> Traced:
+    """Trace `fn(*args, **kwargs)` into a Graph. `roles[i]` is the input role of args[i]'s leaves
+    (default 'batch'); kwargs are static."""
+    args = tuple(args)
+    names = arg_names(fn, len(args))
+    roles = roles or ["batch"] * len(args)
+    ctx = TraceContext(name or getattr(fn, "__name__", "fn"))
+    traced_args = []
+    static, array_leaves, offset = [], [], 0
+    for i, (arg, prefix, role) in enumerate(zip(args, names, roles)):
+        leaves, tree = flatten(arg)
+        paths = leaf_paths(tree, prefix)
+        new_leaves = []
+        for x, path in zip(leaves, paths):
+            if is_static_leaf(x):
+                static.append((offset, x))
+                new_leaves.append(x)
+            else:
+                array_leaves.append(offset)
+                new_leaves.append(ctx.new_input(leaf_type(x, path), path, role))
+            offset += 1
+        traced_args.append(unflatten(tree, new_leaves))
+    with ctx:
+        result = fn(*traced_args, **(kwargs or {}))
+        out_leaves, out_tree = flatten(result)
+        out_vars = []
+        for k, (leaf, path) in enumerate(zip(out_leaves, leaf_paths(out_tree, "output"))):
+            if not isinstance(leaf, (Tracer, np.ndarray, np.generic, bool, int, float)):
+                raise TraceError(
+                    f"{ctx.builder.name} returned a {type(leaf).__name__} at {path}; a compiled "
+                    f"function must return arrays (or dicts/lists/tuples of arrays)"
+                )
+            out_vars.append(ctx.lift(leaf if isinstance(leaf, Tracer) else np.asarray(leaf)))
+        out_names = leaf_paths(out_tree, "out")
+    graph = ctx.builder.build(out_vars, out_names)
+    _, in_tree = flatten(args)
+    return Traced(graph, in_tree, out_tree, tuple(static), tuple(array_leaves))
+
+
+def graph_inputs(traced: Traced, args) -> list:
+    """The graph's input arrays for a call with `args` (static leaves dropped)."""
+    leaves, _ = flatten(tuple(args))
+    return [leaves[i] for i in traced.array_leaves]

@@ -1,0 +1,254 @@
+"""Tracer objects and the trace context that records what is done to them as IR nodes.
+
+A Tracer stands for one graph Var while a user function runs. Python operators, methods and
+NumPy's own functions (through __array_ufunc__ / __array_function__) record primitives instead of
+computing. Operations that would need the *value* (branching with `if`, `float(x)`, np.asarray)
+raise a TypeError that explains why and what to use instead.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+
+from ..ir import Attrs, ConstArray, GraphBuilder, ShapeError, TensorType
+from ..ir.dtypes import to_numpy
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_NUMPY_DIR = os.path.dirname(os.path.abspath(np.__file__))
+
+# Filled by fusegrad.ops (the front layer): NumPy callable -> fusegrad implementation.
+NUMPY_FUNCTIONS: dict = {}
+NUMPY_UFUNCS: dict = {}
+
+_TRACE_STACK: list["TraceContext"] = []
+
+
+def user_location() -> str | None:
+    """`file:line` of the innermost frame outside fusegrad and NumPy: the user's source line."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        path = os.path.abspath(frame.f_code.co_filename)
+        if not (path.startswith(_PACKAGE_DIR) or path.startswith(_NUMPY_DIR)
+                or path.startswith("<frozen")):
+            return f"{path}:{frame.f_lineno}"
+        frame = frame.f_back
+    return None
+
+
+def _at(loc):
+    if not loc:
+        return ""
+    path, _, line = loc.rpartition(":")
+    return f" (at {os.path.basename(path)}:{line})"
+
+
+class TraceError(TypeError):
+    """Something a traced function did that cannot be compiled; says what to do instead."""
+
+
+class TraceContext:
+    """One tracing session: a GraphBuilder plus constant de-duplication."""
+
+    def __init__(self, name: str):
+        self.builder = GraphBuilder(name)
+        self._constants: dict = {}
+
+    def __enter__(self):
+        _TRACE_STACK.append(self)
+        return self
+
+    def __exit__(self, *exc):
+        _TRACE_STACK.pop()
+
+    def new_input(self, type: TensorType, name: str, role: str) -> "Tracer":
+        return Tracer(self, self.builder.add_input(type, name, role))
+
+    def lift(self, x):
+        """A Var for `x`: a tracer of this trace, or a NumPy value recorded as a constant."""
+        if isinstance(x, Tracer):
+            if x._ctx is not self:
+                raise TraceError(
+                    "a traced value from another trace was used here (a 'leaked' tracer, e.g. "
+                    "one stored in a global during an earlier call); pass it as an argument instead"
+                )
+            return x._var
+        value = ConstArray(np.asarray(x))
+        var = self._constants.get(value)
+        if var is None:
+            var = self.builder.emit("constant", (), Attrs(value=value), loc=user_location())
+            self._constants[value] = var
+        return var
+
+    def emit(self, op, args, attrs) -> "Tracer":
+        loc = user_location()
+        vars_ = [self.lift(a) for a in args]
+        try:
+            var = self.builder.emit(op, vars_, attrs, loc=loc)
+        except (ShapeError, TypeError) as exc:
+            raise type(exc)(f"{exc}{_at(loc)}") from None
+        return Tracer(self, var)
+
+
+def current_trace() -> TraceContext | None:
+    return _TRACE_STACK[-1] if _TRACE_STACK else None
+
+
+def context_of(args) -> TraceContext | None:
+    for a in args:
+        if isinstance(a, Tracer):
+            return a._ctx
+    return None
+
+
+def _value_needed(what: str, fix: str):
+    def method(self, *args, **kwargs):
+        raise TraceError(
+            f"{what} needs the value of a traced array{_at(user_location())}, but while tracing "
+            f"{self._var.type} only stands for a value the compiled code will compute. {fix}"
+        )
+
+    return method
+
+
+_BRANCH_FIX = ("Python control flow runs once, at trace time; to choose between values use "
+               "fg.where(cond, a, b), or pass the flag as a Python bool argument (static).")
+
+
+class Tracer:
+    """A traced array: behaves like an np.ndarray of a fixed shape and dtype."""
+
+    __array_priority__ = 1000
+    __slots__ = ("_ctx", "_var")
+
+    def __init__(self, ctx: TraceContext, var):
+        self._ctx = ctx
+        self._var = var
+
+    # ---- static facts are known while tracing ----
+    @property
+    def shape(self):
+        return self._var.type.shape
+
+    @property
+    def dtype(self):
+        return to_numpy(self._var.type.dtype)
+
+    @property
+    def ndim(self):
+        return len(self.shape)
+
+    @property
+    def size(self):
+        return self._var.type.size
+
+    def __len__(self):
+        if not self.shape:
+            raise TypeError("len() of a 0-d traced array")
+        return self.shape[0]
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def __repr__(self):
+        return f"Tracer({self._var.type})"
+
+    __hash__ = object.__hash__
+
+    # ---- values are not known ----
+    __bool__ = _value_needed("`if`/`while`/`and`/`or` on a traced value", _BRANCH_FIX)
+    __int__ = _value_needed("int()", "Keep it an array, or pass the number as a Python int.")
+    __float__ = _value_needed("float()", "Return the array and convert after the call.")
+    __index__ = _value_needed("using a traced value as an index size", "Use fg.take / indexing.")
+    __complex__ = _value_needed("complex()", "Complex numbers are not supported.")
+    tolist = _value_needed(".tolist()", "Return the array and convert after the call.")
+    item = _value_needed(".item()", "Return the array and convert after the call.")
+
+    def __array__(self, dtype=None, copy=None):
+        raise TraceError(
+            f"np.asarray / np.array was called on a traced {self._var.type}"
+            f"{_at(user_location())}; inside a compiled function use the fusegrad or NumPy "
+            f"functions on it directly (they are traced), not a conversion to a concrete array"
+        )
+
+    # ---- NumPy protocols ----
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        impl = NUMPY_UFUNCS.get(ufunc) if method == "__call__" else None
+        if impl is None or kwargs.get("out") is not None:
+            what = f"np.{ufunc.__name__}" + ("" if method == "__call__" else f".{method}")
+            raise TraceError(f"{what} is not supported on traced arrays{_at(user_location())}; "
+                             f"supported ufuncs: {', '.join(sorted(u.__name__ for u in NUMPY_UFUNCS))}")
+        kwargs.pop("out", None)
+        return impl(*inputs, **kwargs)
+
+    def __array_function__(self, func, types, args, kwargs):
+        impl = NUMPY_FUNCTIONS.get(func)
+        if impl is None:
+            raise TraceError(
+                f"np.{func.__name__} is not supported on traced arrays{_at(user_location())}; "
+                f"use a fusegrad op (fg.{func.__name__} if it exists) or compute it outside the "
+                f"compiled function"
+            )
+        return impl(*args, **kwargs)
+
+    # ---- operators (lax is imported at the bottom: it imports this module) ----
+    def __add__(self, o): return lax.add(self, o)
+    def __radd__(self, o): return lax.add(o, self)
+    def __sub__(self, o): return lax.sub(self, o)
+    def __rsub__(self, o): return lax.sub(o, self)
+    def __mul__(self, o): return lax.mul(self, o)
+    def __rmul__(self, o): return lax.mul(o, self)
+    def __truediv__(self, o): return lax.div(self, o)
+    def __rtruediv__(self, o): return lax.div(o, self)
+    def __pow__(self, o): return lax.power(self, o)
+    def __rpow__(self, o): return lax.power(o, self)
+    def __matmul__(self, o): return lax.matmul(self, o)
+    def __rmatmul__(self, o): return lax.matmul(o, self)
+    def __neg__(self): return lax.unary("neg", self)
+    def __pos__(self): return self
+    def __abs__(self): return lax.unary("abs", self)
+    def __lt__(self, o): return lax.compare("lt", self, o)
+    def __le__(self, o): return lax.compare("le", self, o)
+    def __gt__(self, o): return lax.compare("gt", self, o)
+    def __ge__(self, o): return lax.compare("ge", self, o)
+    def __eq__(self, o): return lax.compare("eq", self, o)  # noqa: E704
+    def __ne__(self, o): return lax.compare("ne", self, o)
+    def __getitem__(self, key): return lax.getitem(self, key)
+
+    # ---- ndarray methods ----
+    @property
+    def T(self):
+        return lax.transpose(self, None)
+
+    def transpose(self, *axes):
+        return lax.transpose(self, axes[0] if len(axes) == 1 else (axes or None))
+
+    def reshape(self, *shape):
+        return lax.reshape(self, shape[0] if len(shape) == 1 else shape)
+
+    def ravel(self):
+        return lax.reshape(self, (-1,))
+
+    flatten = ravel
+
+    def astype(self, dtype):
+        return lax.cast(self, dtype)
+
+    def sum(self, axis=None, keepdims=False):
+        return lax.reduce_sum(self, axis, keepdims)
+
+    def mean(self, axis=None, keepdims=False):
+        return lax.mean(self, axis, keepdims)
+
+    def max(self, axis=None, keepdims=False):
+        return lax.reduce_max(self, axis, keepdims)
+
+    def min(self, axis=None, keepdims=False):
+        return lax.reduce_min(self, axis, keepdims)
+
+    def argmax(self, axis=None):
+        return lax.argmax(self, axis)
+
+
+from . import lax  # noqa: E402  (circular by design: lax builds on Tracer)

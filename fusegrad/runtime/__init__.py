@@ -1,0 +1,1 @@
+"""The runtime: executables, buffers, caches and training-loop helpers."""
