@@ -4,9 +4,9 @@
     step = fg.train_step(loss_fn, fg.optim.Adam(lr=1e-3))
     loss = step(params, x, y)       # forward + backward + update, parameters updated in place
 """
-from .api import jit
+from .api import grad, jit, value_and_grad
 from .ops import *  # noqa: F401,F403  the NumPy-like op namespace
 from .ops import __all__ as _ops_all
 
 __version__ = "0.1.0"
-__all__ = ["jit", *_ops_all]
+__all__ = ["jit", "grad", "value_and_grad", *_ops_all]

@@ -1,4 +1,9 @@
-"""The user-facing compile API: fg.jit (grad, value_and_grad and train_step build on it)."""
+"""The user-facing compile API: fg.jit, fg.grad and fg.value_and_grad.
+
+Each is a CompiledFunction: it traces on the first call per signature (shapes, dtypes, pytree
+structure, static values), caches, and runs the graph. Called with traced arguments (inside
+another compiled function) it inlines its graph instead, so `fg.grad(fg.grad(f))` works.
+"""
 from __future__ import annotations
 
 import functools
@@ -6,9 +11,11 @@ import logging
 
 import numpy as np
 
-from .compiler.trace import Traced, graph_inputs, signature_key, trace
+from .compiler.autodiff import differentiate
+from .compiler.trace import Traced, graph_inputs, has_tracer, inline, signature_key, trace
 from .ir import interpret
-from .pytree import unflatten
+from .ir.printer import format_graph
+from .pytree import TreeDef, flatten, unflatten
 
 log = logging.getLogger("fusegrad")
 
@@ -22,8 +29,7 @@ def _check_target(target):
 
 
 class CompiledFunction:
-    """Traces on the first call per signature (shapes, dtypes, pytree structure, static values),
-    caches the result, and runs it. `ir()` shows the traced graph."""
+    """A traced-and-cached function. `ir()` shows its graph."""
 
     def __init__(self, fn, target="interpret", name=None):
         functools.update_wrapper(self, fn)
@@ -49,21 +55,27 @@ class CompiledFunction:
 
     def __call__(self, *args):
         traced = self.lookup(args)
-        outs = interpret(traced.graph, [np.asarray(x) for x in graph_inputs(traced, args)])
+        inputs = graph_inputs(traced, args)
+        if has_tracer(args):
+            outs = inline(traced.graph, inputs)
+        else:
+            outs = interpret(traced.graph, [np.asarray(x) for x in inputs])
         return unflatten(traced.out_tree, outs)
 
     def trace(self, *args) -> Traced:
-        return self.lookup(args) if args else self._require_last()
-
-    def _require_last(self) -> Traced:
+        if args:
+            return self.lookup(args)
         if self._last is None:
             raise RuntimeError(f"{self.name} has not been traced yet: call it, or pass example "
                                f"arguments to .ir(...)")
         return self._last
 
-    def ir(self, *args) -> str:
-        """Text of the traced graph (for `args`, or the last call's)."""
-        return str(self.trace(*args).graph)
+    def ir(self, part: str | None = None, *args) -> str:
+        """Text of the traced graph; `part` = "forward" or "backward" shows only that part."""
+        graph = self.trace(*args).graph
+        if part is None:
+            return str(graph)
+        return format_graph(graph, parts=(part,))
 
     @property
     def cache_size(self) -> int:
@@ -75,3 +87,90 @@ def jit(fn=None, *, target="interpret"):
     if fn is None:
         return lambda f: CompiledFunction(f, target=target)
     return CompiledFunction(fn, target=target)
+
+
+def _leaf_owner(in_tree: TreeDef) -> list[int]:
+    """For each flat leaf of the argument tuple, the index of the top-level argument."""
+    owner = []
+    for i, child in enumerate(in_tree.children):
+        owner += [i] * child.num_leaves
+    return owner
+
+
+def _without_static(tree: TreeDef, is_array: list) -> TreeDef:
+    """`tree` with its static leaves (no gradient) turned into None entries."""
+    it = iter(is_array)
+
+    def walk(td):
+        if td.kind == "leaf":
+            return td if next(it) else TreeDef("none")
+        return TreeDef(td.kind, td.keys, tuple(walk(c) for c in td.children))
+
+    return walk(tree)
+
+
+class GradFunction(CompiledFunction):
+    """fg.grad / fg.value_and_grad: the joint forward+backward graph of a scalar function."""
+
+    def __init__(self, fn, argnums=0, has_aux=False, with_value=False, target="interpret"):
+        super().__init__(fn, target=target)
+        self.single = isinstance(argnums, int)
+        self.argnums = (argnums,) if self.single else tuple(argnums)
+        self.has_aux = has_aux
+        self.with_value = with_value
+
+    def _check_output(self, out_tree):
+        if self.has_aux:
+            if out_tree.kind not in ("tuple", "list") or len(out_tree.children) != 2 \
+                    or out_tree.children[0].kind != "leaf":
+                raise TypeError(f"{self.name} was declared has_aux=True, so it must return "
+                                f"(loss, aux) with one array as the loss")
+        elif out_tree.kind != "leaf":
+            raise TypeError(f"{self.name} must return one scalar loss to be differentiated "
+                            f"(it returned a {out_tree.kind}); return (loss, aux) and pass "
+                            f"has_aux=True to carry other outputs")
+
+    def _build(self, args) -> Traced:
+        n = len(args)
+        argnums = [a % n for a in self.argnums]
+        roles = ["param" if i in argnums else "batch" for i in range(n)]
+        fwd = trace(self.fn, args, name=self.name, roles=roles)
+        self._check_output(fwd.out_tree)
+        owner = _leaf_owner(fwd.in_tree)
+        graph_input_of_leaf = {leaf: k for k, leaf in enumerate(fwd.array_leaves)}
+        wrt, grad_trees = [], []
+        for a in argnums:
+            leaves = [leaf for leaf in range(len(owner)) if owner[leaf] == a]
+            wrt += [graph_input_of_leaf[leaf] for leaf in leaves if leaf in graph_input_of_leaf]
+            grad_trees.append(_without_static(fwd.in_tree.children[a],
+                                              [leaf in graph_input_of_leaf for leaf in leaves]))
+        joint = differentiate(fwd.graph, wrt, of=0)
+        grads_tree = grad_trees[0] if self.single else TreeDef("tuple", (), tuple(grad_trees))
+        if self.with_value:
+            out_tree = TreeDef("tuple", (), (fwd.out_tree, grads_tree))
+        else:
+            k = len(fwd.graph.outputs)
+            joint = joint.replace(outputs=joint.outputs[k:], output_names=joint.output_names[k:])
+            out_tree = grads_tree
+        return Traced(joint, fwd.in_tree, out_tree, fwd.static, fwd.array_leaves)
+
+
+def grad(fn, argnums=0, has_aux=False, *, target="interpret"):
+    """Gradient of scalar `fn` with respect to argument(s) `argnums`, as pytrees like them.
+    With has_aux=True, fn returns (loss, aux) and grad returns (grads, aux)."""
+    g = GradFunction(fn, argnums, has_aux, with_value=has_aux, target=target)
+    if not has_aux:
+        return g
+
+    @functools.wraps(fn)
+    def grads_and_aux(*args):
+        (_, aux), grads = g(*args)
+        return grads, aux
+
+    grads_and_aux.ir = g.ir
+    return grads_and_aux
+
+
+def value_and_grad(fn, argnums=0, has_aux=False, *, target="interpret"):
+    """(value, grads) of scalar `fn`; value is (loss, aux) when has_aux=True."""
+    return GradFunction(fn, argnums, has_aux, with_value=True, target=target)

@@ -33,6 +33,8 @@ def is_static_leaf(x) -> bool:
 
 
 def leaf_type(x, path: str) -> TensorType:
+    if isinstance(x, Tracer):
+        return x._var.type
     try:
         a = x if isinstance(x, np.ndarray) else np.asarray(x)
         return TensorType(as_dtype(a.dtype), a.shape)
@@ -57,6 +59,8 @@ def signature_key(args):
     for x in leaves:
         if is_static_leaf(x):
             sig.append(("static", type(x).__name__, x))
+        elif isinstance(x, Tracer):
+            sig.append((x.shape, x.dtype.str))
         else:
             a = np.asarray(x)
             sig.append((a.shape, a.dtype.str))
@@ -106,3 +110,23 @@ def graph_inputs(traced: Traced, args) -> list:
     """The graph's input arrays for a call with `args` (static leaves dropped)."""
     leaves, _ = flatten(tuple(args))
     return [leaves[i] for i in traced.array_leaves]
+
+
+def has_tracer(args) -> bool:
+    leaves, _ = flatten(tuple(args))
+    return any(isinstance(x, Tracer) for x in leaves)
+
+
+def inline(graph: Graph, args) -> list:
+    """Replay `graph`'s nodes inside the active trace on `args` (tracers or arrays); returns the
+    output tracers. This is how a compiled function (e.g. fg.grad(f)) is called while tracing
+    another one, which makes grad-of-grad work."""
+    ctx = next((a._ctx for a in args if isinstance(a, Tracer)), None)
+    if ctx is None:
+        raise TraceError("inline needs at least one traced argument")
+    env = {v: ctx.lift(a) for v, a in zip(graph.inputs, args)}
+    for node in graph.nodes:
+        (out,) = node.outputs
+        env[out] = ctx.builder.emit(node.op, [env[v] for v in node.inputs], node.attrs,
+                                    loc=node.loc)
+    return [Tracer(ctx, env[v]) for v in graph.outputs]

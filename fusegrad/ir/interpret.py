@@ -217,10 +217,12 @@ def interpret(graph, args, float64: bool = False) -> list:
         if node.region is not None:
             results = interpret(node.region, xs, float64)
         else:
-            t = node.out.type
+            t, attrs = node.out.type, node.attrs
             if float64 and t.dtype == "float32":
                 t = t.with_dtype("float64")
-            results = [eval_primitive(node.op, xs, node.attrs, t)]
+                if node.op == "cast":  # casting to float32 must not round in float64 mode
+                    attrs = attrs.replace(dtype="float64")
+            results = [eval_primitive(node.op, xs, attrs, t)]
         for v, r in zip(node.outputs, results):
             env[v] = _widen(np.asarray(r), float64)
     return [env[v] for v in graph.outputs]

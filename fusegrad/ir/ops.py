@@ -173,10 +173,11 @@ def _sum(ts, attrs):
 @register("max", "reduce", 1, attrs=("axes", "keepdims"))
 def _max(ts, attrs):
     _need(not is_bool(ts[0].dtype), "max", f"needs a numeric input, got {ts[0]}")
+    shape = _reduce_shape(ts[0], attrs, "max")  # validates the axes before they index the shape
     for a in attrs["axes"]:
         if ts[0].shape[a] == 0:
             raise ShapeError(f"max: zero-size axis {a} in {ts[0]} has no maximum")
-    return ts[0].with_shape(_reduce_shape(ts[0], attrs, "max"))
+    return ts[0].with_shape(shape)
 
 
 @register("argmax", "reduce", 1, attrs=("axis",), doc="index of the first maximum along axis")

@@ -59,13 +59,17 @@ def _format_node(node, names, indent, lines, annotate):
         lines.append(text + (f"   # {comment}" if comment else ""))
 
 
-def _format_body(graph, names, indent, lines, annotate, bind=None):
+def _format_body(graph, names, indent, lines, annotate, bind=None, parts=None):
     if bind is not None:
         # a region: its inputs are the outer operands, renamed
         params = ", ".join(f"{_typed(names, v)} <- {names[o]}" for v, o in zip(graph.inputs, bind))
         lines.append(f"{indent}({params})")
     part = "forward"
     for node in graph.nodes:
+        if parts is not None and node.part not in parts:
+            for v in node.outputs:  # keep the numbering of the whole graph
+                names.define(v)
+            continue
         if bind is None and node.part != part:
             part = node.part
             lines.append(f"{indent}# ---- {part} ----")
@@ -74,8 +78,9 @@ def _format_body(graph, names, indent, lines, annotate, bind=None):
     lines.append(f"{indent}{'return' if bind is None else 'yield'} {outs}")
 
 
-def format_graph(graph, annotate=None) -> str:
-    """Text of `graph`. `annotate(node) -> str` may add a comment per node (costs, buffers)."""
+def format_graph(graph, annotate=None, parts=None) -> str:
+    """Text of `graph`. `annotate(node) -> str` may add a comment per node (costs, buffers);
+    `parts` (e.g. ("backward",)) keeps only those parts' nodes, numbered as in the whole graph."""
     names = _Names()
     lines = [f"graph {graph.name}("]
     width = 0
@@ -89,7 +94,7 @@ def format_graph(graph, annotate=None) -> str:
             lines.append(f"    {typed.ljust(w0)}  {name.ljust(width)}  {role}")
     lines.append(") {")
     body: list[str] = []
-    _format_body(graph, names, "  ", body, annotate)
+    _format_body(graph, names, "  ", body, annotate, parts=parts)
     lines.extend(body)
     out_names = ", ".join(graph.output_names)
     alias = {o: i for o, i in graph.aliases}
