@@ -5,8 +5,9 @@
     loss = step(params, x, y)       # forward + backward + update, parameters updated in place
 """
 from .api import grad, jit, value_and_grad
+from .gradcheck import GradientCheckError, check_grads
 from .ops import *  # noqa: F401,F403  the NumPy-like op namespace
 from .ops import __all__ as _ops_all
 
 __version__ = "0.1.0"
-__all__ = ["jit", "grad", "value_and_grad", *_ops_all]
+__all__ = ["jit", "grad", "value_and_grad", "check_grads", "GradientCheckError", *_ops_all]
