@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -57,7 +57,6 @@ class Case:
     attrs: dict
     expect: Callable  # NumPy formula on the inputs (float32 inputs widened to float64)
     name: str = ""
-    extra: dict = field(default_factory=dict)
 
     @property
     def id(self):

@@ -38,7 +38,9 @@ def _pow(e, n, g, need):
 def _minmax(compare):
     def rule(e, n, g, need):
         a, b = n.inputs
-        wins = e.select(e(compare, a, b), 1, e.select(e("eq", a, b), 0.5, 0))
+        # the constants need a dtype: with two Python scalars Emitter.select has no Var to copy
+        half = e.select(e("eq", a, b), e.const(0.5, a.dtype), e.const(0, a.dtype))
+        wins = e.select(e(compare, a, b), 1, half)
         ga = e.mul(g, wins) if need[0] or need[1] else None
         gb = e.sub(g, ga) if need[1] else None
         return (ga if need[0] else None), gb

@@ -31,8 +31,8 @@ class ConstArray:
 
     def __repr__(self):
         a = self.array
-        if a.size == 1:
-            return repr(a.reshape(()).item())
+        if a.size == 1:  # str of a NumPy scalar: float32 0.9 prints as 0.9, not 0.8999999761
+            return str(a.reshape(())[()])
         if a.size <= 6:
             return np.array2string(a.ravel(), separator=",").replace("\n", "")
         return f"<{a.dtype.name}{list(a.shape)} array>"

@@ -1,0 +1,102 @@
+"""The whole-step graph: forward + backward + optimizer update in one Graph.
+
+    inputs:  params (param) | batch leaves (batch) | key (hyper, if the loss takes one)
+             | optimizer state slots (state) | lr (hyper) | step (hyper)
+    outputs: loss | aux leaves | new params (alias their inputs) | new state (alias theirs)
+
+The aliases tell the backends which outputs may be written into which inputs' storage.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..ir import GraphBuilder, TensorType
+from ..ir.dtypes import is_float
+from ..pytree import TreeDef
+from .autodiff import differentiate
+from .emit import Emitter
+from .optim import Hyper, Optimizer, clip_by_global_norm
+from .trace import Traced, trace
+
+
+@dataclass(frozen=True)
+class StepGraph:
+    graph: object  # the step Graph
+    traced: Traced  # the forward trace (input/output pytrees)
+    trained: tuple  # graph-input indices of the trained parameters
+    n_batch_inputs: int  # graph inputs that are not params (batch leaves and key)
+    slots: tuple  # optimizer slot names
+    aux_tree: TreeDef | None
+
+
+def build_step_graph(loss_fn, optimizer: Optimizer, args, trainable_leaves, has_aux=False,
+                     key_kwarg=False, name=None) -> StepGraph:
+    """Trace loss_fn(*args) (args[0] = params), differentiate w.r.t. the trainable float
+    parameter leaves and append `optimizer`'s update.
+
+    `trainable_leaves[i]` says whether args[0]'s i-th leaf is trained (integer leaves never are).
+    With key_kwarg, the loss is traced with key=<an int64 scalar graph input>.
+    """
+    roles = ["param"] + ["batch"] * (len(args) - 1)
+    fn = loss_fn
+    if key_kwarg:
+        # the key is one more positional input, passed on to the loss as key=...
+        def fn(*a):
+            return loss_fn(*a[:-1], key=a[-1])
+
+        fn.__name__ = getattr(loss_fn, "__name__", "loss")
+        args = tuple(args) + (np.int64(0),)
+        roles.append("hyper")
+    fwd = trace(fn, args, name=name or getattr(loss_fn, "__name__", "loss"), roles=roles)
+    graph = fwd.graph
+    if key_kwarg:
+        names = list(graph.input_names)
+        names[-1] = "key"
+        graph = graph.replace(input_names=tuple(names))
+    n_param_leaves = fwd.in_tree.children[0].num_leaves
+    param_inputs = [k for k, leaf in enumerate(fwd.array_leaves) if leaf < n_param_leaves]
+    trained = tuple(k for k in param_inputs
+                    if trainable_leaves[fwd.array_leaves[k]] and is_float(graph.inputs[k].dtype))
+    if not trained:
+        raise ValueError("train_step: no trainable float parameters (check `trainable=`)")
+    out_tree = fwd.out_tree
+    aux_tree = out_tree.children[1] if has_aux else None
+    n_outputs = len(graph.outputs)
+
+    joint = differentiate(graph, trained, of=0)
+    b = GraphBuilder(joint.name)
+    b.inputs, b.input_names, b.input_roles = (list(joint.inputs), list(joint.input_names),
+                                              list(joint.input_roles))
+    b.nodes = list(joint.nodes)
+    state_in = {}
+    for k in trained:
+        p = joint.inputs[k]
+        for slot in optimizer.slots:
+            state_in[k, slot] = b.add_input(p.type, f"{slot}[{joint.input_names[k]}]", "state")
+    hp = Hyper(lr=b.add_input(TensorType("float64", ()), "lr", "hyper"),
+               step=b.add_input(TensorType("int64", ()), "step", "hyper"))
+
+    e = Emitter(b, part="update")
+    grads = list(joint.outputs[n_outputs:])
+    if optimizer.clip_norm is not None:
+        grads = clip_by_global_norm(e, grads, optimizer.clip_norm)
+    outputs = list(joint.outputs[:n_outputs])
+    names = list(joint.output_names[:n_outputs])
+    aliases, new_states = [], []
+    for k, g in zip(trained, grads):
+        e.loc = None
+        p = joint.inputs[k]
+        new_p, new_s = optimizer.update(e, p, g, {s: state_in[k, s] for s in optimizer.slots}, hp)
+        aliases.append((len(outputs), k))
+        outputs.append(new_p)
+        names.append(f"new {joint.input_names[k]}")
+        new_states += [(state_in[k, s], new_s[s]) for s in optimizer.slots]
+    index = {v: i for i, v in enumerate(b.inputs)}
+    for old, new in new_states:
+        aliases.append((len(outputs), index[old]))
+        outputs.append(new)
+        names.append(f"new {b.input_names[index[old]]}")
+    step = b.build(outputs, names, aliases)
+    return StepGraph(step, fwd, trained, len(args) - 1, tuple(optimizer.slots), aux_tree)

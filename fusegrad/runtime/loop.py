@@ -1,0 +1,96 @@
+"""fg.fit: the training loop around a compiled step, with a progress bar and early stopping."""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..pytree import flatten
+
+
+def _batch_size(batch) -> int:
+    first = batch[0] if isinstance(batch, (tuple, list)) else batch
+    shape = np.shape(first)
+    return int(shape[0]) if shape else 1
+
+
+def _snapshot(params):
+    return [np.array(x, copy=True) for x in flatten(params)[0]]
+
+
+def _restore(params, snapshot):
+    for x, saved in zip(flatten(params)[0], snapshot):
+        np.copyto(x, saved)
+
+
+def fit(step, params, data, epochs: int = 1, eval_fn=None, patience: int | None = None,
+        mode: str = "min", progress: bool = True) -> dict:
+    """Train `params` in place with `step` over `data` for `epochs` epochs.
+
+    data: an iterable of batches (tuples of arrays: `step(params, *batch)`), or a callable
+    returning a fresh iterable for each epoch (for generators). eval_fn(params) -> float is run
+    after every epoch; with `patience`, training stops after that many epochs without
+    improvement (mode "min" or "max") and the best parameters are restored.
+
+    Returns a history dict: "loss" (every step), "epoch_loss" (mean per epoch), "eval"
+    (per epoch, if eval_fn), "steps_per_second", "samples_per_second".
+    A non-finite loss raises NonFiniteLossError naming the step; the parameters stay as they
+    were before that step (the step does not apply it).
+    """
+    if mode not in ("min", "max"):
+        raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+    if patience is not None and eval_fn is None:
+        raise ValueError("early stopping (patience=) needs an eval_fn")
+    history = {"loss": [], "epoch_loss": [], "eval": []}
+    best, best_params, waited = None, None, 0
+    n_steps = n_samples = 0
+    elapsed = 0.0
+    for epoch in range(epochs):
+        batches = data() if callable(data) else data
+        total = len(batches) if hasattr(batches, "__len__") else None
+        bar = tqdm(batches, total=total, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress,
+                   leave=True, dynamic_ncols=True)
+        losses = []
+        for batch in bar:
+            batch = tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)
+            t0 = time.perf_counter()
+            try:
+                loss = step(params, *batch)
+            except FloatingPointError as exc:
+                bar.close()
+                raise type(exc)(f"fit: epoch {epoch + 1}, batch {len(losses) + 1}: {exc}") from None
+            elapsed += time.perf_counter() - t0
+            loss_value = float(loss[0] if isinstance(loss, tuple) else loss)
+            losses.append(loss_value)
+            n_steps += 1
+            n_samples += _batch_size(batch)
+            if progress:
+                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}",
+                                samples_s=f"{n_samples / max(elapsed, 1e-9):,.0f}")
+        bar.close()
+        history["loss"] += losses
+        history["epoch_loss"].append(float(np.mean(losses)) if losses else math.nan)
+        if eval_fn is not None:
+            metric = float(eval_fn(params))
+            history["eval"].append(metric)
+            if progress:
+                tqdm.write(f"epoch {epoch + 1}: loss {history['epoch_loss'][-1]:.4f}, "
+                           f"eval {metric:.4f}")
+            better = best is None or (metric < best if mode == "min" else metric > best)
+            if better:
+                best, waited = metric, 0
+                if patience is not None:
+                    best_params = _snapshot(params)
+            elif patience is not None:
+                waited += 1
+                if waited >= patience:
+                    history["stopped_early"] = epoch + 1
+                    break
+    if best_params is not None:
+        _restore(params, best_params)
+        history["best_eval"] = best
+    history["steps_per_second"] = n_steps / elapsed if elapsed else math.nan
+    history["samples_per_second"] = n_samples / elapsed if elapsed else math.nan
+    return history

@@ -1,0 +1,227 @@
+"""fg.train_step: one compiled call runs forward, backward and the optimizer update.
+
+    step = fg.train_step(loss_fn, fg.optim.Adam(lr=1e-3))
+    loss = step(params, x, y)      # params (a pytree of NumPy arrays) are updated in place
+
+Optimizer state lives in the step object (`step.state`), checkpoints with `step.save/load`.
+A loss function with a `key` keyword gets a fresh counter-based random key every step,
+reproducible from `seed`, so fg.dropout works inside compiled training.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+
+import numpy as np
+
+from .api import _check_target
+from .compiler.step import StepGraph, build_step_graph
+from .compiler.trace import graph_inputs, is_static_leaf, signature_key
+from .ir import interpret
+from .ir.printer import format_graph
+from .pytree import flatten, leaf_paths, unflatten
+
+log = logging.getLogger("fusegrad")
+
+STAGES = ("forward", "backward", "update", "step")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss of a step was inf or nan; the step's update was not applied."""
+
+
+def step_key(seed: int, t: int) -> np.int64:
+    """The random key of step t: distinct for every (seed, step), the same on every run."""
+    return np.int64(((int(seed) & 0x7FFFFFFF) << 32) | (int(t) & 0xFFFFFFFF))
+
+
+def _trainable_mask(trainable, params) -> list[bool]:
+    leaves, tree = flatten(params)
+    paths = leaf_paths(tree, "params")
+    if trainable is None:
+        mask = [True] * len(leaves)
+    elif callable(trainable):
+        mask = [bool(trainable(path, x)) for path, x in zip(paths, leaves)]
+    else:
+        t_leaves, t_tree = flatten(trainable)
+        if t_tree != tree:
+            raise ValueError("trainable= must be a pytree of booleans with the structure of "
+                             "params (or a predicate (path, array) -> bool)")
+        mask = [bool(t) for t in t_leaves]
+    # integer leaves (counters, indices) are carried, never trained
+    return [m and np.asarray(x).dtype.kind == "f" for m, x in zip(mask, leaves)]
+
+
+class TrainStep:
+    """A compiled training step. Call it as `step(params, *batch)`."""
+
+    def __init__(self, loss_fn, optimizer, has_aux=False, trainable=None, seed=0,
+                 target="interpret"):
+        functools.update_wrapper(self, loss_fn)
+        self.loss_fn = loss_fn
+        self.optimizer = optimizer
+        self.has_aux = has_aux
+        self.trainable = trainable
+        self.seed = int(seed)
+        self.target = _check_target(target)
+        self.name = getattr(loss_fn, "__name__", "loss")
+        try:
+            self.takes_key = "key" in inspect.signature(loss_fn).parameters
+        except (TypeError, ValueError):
+            self.takes_key = False
+        self.t = 0  # steps taken
+        self._programs: dict = {}
+        self._last: StepGraph | None = None
+        self._param_tree = None
+        self._slots: dict | None = None  # slot -> list over param leaves (None if not trained)
+        self._params = None  # the pytree last trained (for save())
+
+    # ---- compilation ----
+    def _program(self, params, batch) -> StepGraph:
+        key = signature_key((params,) + batch)
+        prog = self._programs.get(key)
+        if prog is None:
+            if self._programs:
+                log.info("fusegrad: %s compiles again for a new signature", self.name)
+            mask = _trainable_mask(self.trainable, params)
+            prog = build_step_graph(self.loss_fn, self.optimizer, (params,) + batch, mask,
+                                    self.has_aux, self.takes_key, self.name)
+            self._programs[key] = prog
+        self._last = prog
+        return prog
+
+    def _check_params(self, params):
+        leaves, tree = flatten(params)
+        if self._param_tree is None:
+            self._param_tree = tree
+        elif tree != self._param_tree:
+            raise ValueError("this train_step holds optimizer state for parameters of another "
+                             "structure; make a new train_step for a new model")
+        for path, x in zip(leaf_paths(tree, "params"), leaves):
+            if not isinstance(x, np.ndarray) or not x.flags.writeable:
+                raise TypeError(f"{path} must be a writable NumPy array: train_step updates "
+                                f"parameters in place (got {type(x).__name__})")
+        return leaves
+
+    def _init_state(self, leaves, prog: StepGraph):
+        if self._slots is None:
+            pos = {prog.traced.array_leaves[k]: k for k in prog.trained}
+            self._slots = {
+                s: [np.zeros_like(x) if i in pos else None for i, x in enumerate(leaves)]
+                for s in prog.slots
+            }
+
+    # ---- running ----
+    def __call__(self, params, *batch):
+        prog = self._program(params, batch)
+        leaves = self._check_params(params)
+        self._init_state(leaves, prog)
+        t = self.t + 1
+        lr = self.optimizer.lr(t) if callable(self.optimizer.lr) else self.optimizer.lr
+        inputs = list(graph_inputs(prog.traced, (params,) + batch))
+        if self.takes_key:
+            inputs.append(step_key(self.seed, t))
+        trained_leaves = [prog.traced.array_leaves[k] for k in prog.trained]
+        for i in trained_leaves:
+            inputs += [self._slots[s][i] for s in prog.slots]
+        inputs += [np.float64(lr), np.int64(t)]
+        outs = interpret(prog.graph, [np.asarray(x) for x in inputs])
+        loss = outs[0]
+        if not np.all(np.isfinite(loss)):
+            raise NonFiniteLossError(
+                f"{self.name}: the loss is {loss} at step {t}; the update was not applied, so "
+                f"the parameters and optimizer state are those from before this step"
+            )
+        self._commit(prog, leaves, outs, trained_leaves)
+        self.t = t
+        self._params = params
+        loss = loss[()]
+        if self.has_aux:
+            n_aux = prog.aux_tree.num_leaves
+            return loss, unflatten(prog.aux_tree, outs[1:1 + n_aux])
+        return loss
+
+    def _commit(self, prog, leaves, outs, trained_leaves):
+        graph = prog.graph
+        n_slots = len(prog.slots)
+        out_of_input = {i: o for o, i in graph.aliases}
+        for j, (k, leaf) in enumerate(zip(prog.trained, trained_leaves)):
+            np.copyto(leaves[leaf], outs[out_of_input[k]])
+        first_state = len(graph.inputs) - 2 - n_slots * len(trained_leaves)
+        for j, leaf in enumerate(trained_leaves):
+            for s_i, s in enumerate(prog.slots):
+                k = first_state + j * n_slots + s_i
+                self._slots[s][leaf] = outs[out_of_input[k]]
+
+    # ---- inspection ----
+    def ir(self, stage: str = "step") -> str:
+        """Text of a stage: "forward", "backward", "update" or the whole "step"."""
+        if stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES} (later stages arrive with the "
+                             f"optimizing compiler), got {stage!r}")
+        if self._last is None:
+            raise RuntimeError("the step has not been compiled yet: call it once first")
+        graph = self._last.graph
+        return str(graph) if stage == "step" else format_graph(graph, parts=(stage,))
+
+    @property
+    def state(self) -> dict:
+        """Optimizer state: {"step": t, slot: pytree like params (None where not trained)}."""
+        out = {"step": self.t}
+        if self._slots is not None:
+            for s, values in self._slots.items():
+                out[s] = unflatten(self._param_tree, values)
+        return out
+
+    # ---- checkpoints ----
+    def save(self, path, params=None):
+        """Write optimizer state, step count, seed and the parameters to an .npz file."""
+        params = self._params if params is None else params
+        arrays = {"__step__": np.int64(self.t), "__seed__": np.int64(self.seed)}
+        if params is not None:
+            leaves, tree = flatten(params)
+            for p, x in zip(leaf_paths(tree, "params"), leaves):
+                arrays[f"param:{p}"] = np.asarray(x)
+        if self._slots is not None:
+            paths = leaf_paths(self._param_tree, "params")
+            for s, values in self._slots.items():
+                for p, x in zip(paths, values):
+                    if x is not None:
+                        arrays[f"{s}:{p}"] = x
+        np.savez(path, **arrays)
+
+    def load(self, path, params=None):
+        """Restore a checkpoint written by save(); parameters are copied into `params` in place."""
+        with np.load(path) as f:
+            data = {k: f[k] for k in f.files}
+        self.t = int(data["__step__"])
+        self.seed = int(data["__seed__"])
+        if params is not None:
+            leaves, tree = flatten(params)
+            self._check_params(params)
+            for p, x in zip(leaf_paths(tree, "params"), leaves):
+                if f"param:{p}" not in data:
+                    raise KeyError(f"checkpoint {path} has no parameter {p}")
+                np.copyto(x, data[f"param:{p}"])
+            self._params = params
+        slot_names = sorted({k.split(":", 1)[0] for k in data if not k.startswith(("__", "param:"))})
+        if slot_names:
+            if self._param_tree is None:
+                raise RuntimeError("pass params= to load() (or call the step once) so the state "
+                                   "can be matched to the parameters")
+            paths = leaf_paths(self._param_tree, "params")
+            self._slots = {s: [data.get(f"{s}:{p}") for p in paths] for s in slot_names}
+
+
+def train_step(loss_fn=None, optimizer=None, *, has_aux=False, trainable=None, seed=0,
+               target="interpret"):
+    """Compile a training step; usable as fg.train_step(loss_fn, opt) or
+    @fg.train_step(optimizer=opt)."""
+    if optimizer is None and loss_fn is not None and not callable(loss_fn):
+        loss_fn, optimizer = None, loss_fn
+    if optimizer is None:
+        raise TypeError("train_step needs an optimizer, e.g. fg.optim.Adam(lr=1e-3)")
+    if loss_fn is None:
+        return lambda f: TrainStep(f, optimizer, has_aux, trainable, seed, target)
+    return TrainStep(loss_fn, optimizer, has_aux, trainable, seed, target)
