@@ -1,4 +1,5 @@
-"""Neural-network composites (softmax, cross_entropy, layer_norm, conv2d, pooling, dropout ...).
+"""Composites built from primitives: var, logaddexp, softmax, cross_entropy, layer_norm, conv2d,
+pooling, dropout, embedding ...
 
 Each is built from primitives at trace time through compiler/lax.py, so it works on tracers and on
 plain NumPy arrays, gets its gradient from the primitives' VJPs, and is left to fusion to make
@@ -20,8 +21,8 @@ from .ir.printer import short_loc
 from .ir.types import ShapeError, normalize_axes
 
 __all__ = [
-    "gelu", "softmax", "log_softmax", "logsumexp", "one_hot", "cross_entropy", "mse",
-    "layer_norm", "conv2d", "max_pool2d", "avg_pool2d", "dropout", "embedding",
+    "logaddexp", "var", "std", "gelu", "softmax", "log_softmax", "logsumexp", "one_hot",
+    "cross_entropy", "mse", "layer_norm", "conv2d", "max_pool2d", "avg_pool2d", "dropout", "embedding",
 ]
 
 _INT = ("int32", "int64")
@@ -69,6 +70,31 @@ def _need_nchw(op, x):
     if len(shape_of(x)) != 4:
         raise argument_error(ShapeError, f"{op}: x must be 4-D (N, C, H, W), got shape "
                                          f"{shape_of(x)}")
+
+
+# ---- elementwise and reduction composites ----------------------------------------------------
+
+
+def logaddexp(x, y):
+    """Elementwise log(exp(x) + exp(y)), as max + log1p(exp(-|x - y|))."""
+    x, y = lax.promote(x, y, to_float=True)
+    return lax.add(lax.maximum(x, y), lax.unary("log1p", lax.unary("exp", lax.unary(
+        "neg", lax.unary("abs", lax.sub(x, y))))))
+
+
+def var(x, axis=None, keepdims=False, ddof=0):
+    """Variance over axis, mean((x - mean)**2) * n / (n - ddof), computed in two passes."""
+    x = as_array(x)
+    axes = normalize_axes(axis, len(shape_of(x)), "var")
+    n = int(np.prod([shape_of(x)[a] for a in axes], dtype=np.int64))
+    centred = lax.sub(x, lax.mean(x, axes, keepdims=True))
+    return lax.div(lax.reduce_sum(lax.mul(centred, centred), axes, keepdims),
+                   max(n - ddof, 0))
+
+
+def std(x, axis=None, keepdims=False, ddof=0):
+    """Standard deviation over axis: sqrt(var(x, axis, keepdims, ddof))."""
+    return lax.unary("sqrt", var(x, axis, keepdims, ddof))
 
 
 # ---- activations and normalised exponentials -------------------------------------------------
@@ -135,8 +161,7 @@ def one_hot(labels, num_classes, dtype="float32"):
 
 
 def cross_entropy(logits, labels):
-    """Mean over the batch of -log softmax(logits)[label]; labels are class indices of shape
-    logits.shape[:-1], or probabilities of logits' shape."""
+    """Mean over the batch of -sum(target * log_softmax(logits)); labels: indices or probs."""
     logits = as_float(logits)
     labels = as_array(labels)
     shape, lshape, ldt = shape_of(logits), shape_of(labels), dtype_of(labels)
@@ -148,16 +173,16 @@ def cross_entropy(logits, labels):
             raise argument_error(ShapeError, f"cross_entropy: integer labels must have shape "
                                              f"{shape[:-1]} (logits shape {shape} without the "
                                              f"class axis), got shape {lshape}")
-        target = one_hot(labels, shape[-1], dtype_of(logits))
     elif ldt in _FLOAT:
         if lshape != shape:
             raise argument_error(ShapeError, f"cross_entropy: probability targets must have the "
                                              f"logits' shape {shape}, got shape {lshape}")
-        target = labels
     else:
         raise argument_error(TypeError, f"cross_entropy: labels must be integer class indices "
                                         f"or float probabilities, got {ldt}")
-    picked = lax.reduce_sum(lax.mul(target, log_softmax(logits, -1)), -1)
+    logp = log_softmax(logits, -1)
+    target = one_hot(labels, shape[-1], dtype_of(logits)) if ldt in _INT else labels
+    picked = lax.reduce_sum(lax.mul(logp, target), -1)
     return lax.unary("neg", lax.mean(picked))
 
 
@@ -204,8 +229,7 @@ def _out_size(op, size, kernel, stride, padding, x):
 
 
 def conv2d(x, w, stride=1, padding=0, bias=None):
-    """2-D cross-correlation as PyTorch: x (N, C, H, W), w (O, C, kh, kw), bias (O,) ->
-    (N, O, OH, OW); built as unfold (im2col) then one batched matmul."""
+    """PyTorch's conv2d: x (N,C,H,W), w (O,C,kh,kw), bias (O,) -> (N,O,OH,OW), im2col + matmul."""
     x, w = lax.promote(as_array(x), as_array(w), to_float=True)
     _need_nchw("conv2d", x)
     xs, ws = shape_of(x), shape_of(w)
@@ -279,12 +303,10 @@ def _key_part(key, what):
 
 
 def dropout(x, p=0.5, key=None, training=True):
-    """Zero each element with probability p and scale the rest by 1/(1-p); the mask comes from
-    random_uniform(seed, counter) with key = seed or (seed, counter). Identity when key is None,
-    p == 0 or not training."""
+    """Zero elements with probability p, scale the rest by 1/(1-p); key: seed or (seed, counter)."""
     if isinstance(p, Tracer) or not isinstance(p, numbers.Real) or not 0 <= p < 1:
         raise argument_error(ValueError, f"dropout: p must be a number in [0, 1), got {p!r}")
-    if key is None or p == 0 or not training:
+    if key is None or p == 0 or not training:  # no key: evaluation, nothing to draw from
         return x
     x = as_array(x)
     if dtype_of(x) not in _FLOAT:

@@ -8,14 +8,12 @@ __array_function__). The neural-network composites live in nn.py and are re-expo
 """
 from __future__ import annotations
 
-import builtins
-
 import numpy as np
 
 from . import nn
 from .compiler import lax
 from .compiler.lax import dtype_of, is_array, shape_of
-from .compiler.tracer import NUMPY_FUNCTIONS, NUMPY_UFUNCS, TraceError, current_trace
+from .compiler.tracer import NUMPY_FUNCTIONS, NUMPY_UFUNCS, TraceError, context_of, current_trace
 from .ir.dtypes import as_dtype
 from .ir.types import ShapeError, normalize_axes
 from .nn import *  # noqa: F401,F403
@@ -84,13 +82,6 @@ greater_equal = _binary("greater_equal", lambda x, y: lax.compare("ge", x, y),
                         "Elementwise x >= y, as bool.")
 
 
-def logaddexp(x, y):
-    """Elementwise log(exp(x) + exp(y)), as max + log1p(exp(-|x - y|))."""
-    x, y = lax.promote(x, y, to_float=True)
-    return lax.add(lax.maximum(x, y), lax.unary("log1p", lax.unary("exp", lax.unary(
-        "neg", lax.unary("abs", lax.sub(x, y))))))
-
-
 def where(cond, a, b):
     """Elementwise a where cond is true, else b (broadcasting; cond is cast to bool)."""
     return lax.where(cond, a, b)
@@ -126,21 +117,6 @@ def sum(x, axis=None, keepdims=False):  # noqa: A001
 def mean(x, axis=None, keepdims=False):
     """Arithmetic mean over axis (None: all axes); ints give float64."""
     return lax.mean(as_array(x), axis, keepdims)
-
-
-def var(x, axis=None, keepdims=False, ddof=0):
-    """Variance over axis, mean((x - mean)**2) * n / (n - ddof), computed in two passes."""
-    x = as_array(x)
-    axes = normalize_axes(axis, len(shape_of(x)), "var")
-    n = int(np.prod([shape_of(x)[a] for a in axes], dtype=np.int64))
-    centred = lax.sub(x, lax.mean(x, axes, keepdims=True))
-    return lax.div(lax.reduce_sum(lax.mul(centred, centred), axes, keepdims),
-                   builtins.max(n - ddof, 0))
-
-
-def std(x, axis=None, keepdims=False, ddof=0):
-    """Standard deviation over axis: sqrt(var(x, axis, keepdims, ddof))."""
-    return lax.unary("sqrt", var(x, axis, keepdims, ddof))
 
 
 def max(x, axis=None, keepdims=False):  # noqa: A001
@@ -181,7 +157,7 @@ def transpose(x, axes=None):
 def swapaxes(x, axis1, axis2):
     """x with two axes exchanged."""
     perm = list(range(len(shape_of(x))))
-    a, b = normalize_axes(axis1, len(perm), "swapaxes")[0], normalize_axes(axis2, len(perm))[0]
+    a, b = (normalize_axes(v, len(perm), "swapaxes")[0] for v in (axis1, axis2))
     perm[a], perm[b] = perm[b], perm[a]
     return lax.transpose(as_array(x), perm)
 
@@ -261,7 +237,7 @@ def take(x, indices, axis=None):
 def _full(x, value, dtype):
     shape, dtype = shape_of(x), dtype_of(as_array(x)) if dtype is None else as_dtype(dtype)
     scalar = np.asarray(value, dtype=dtype)
-    ctx = current_trace()
+    ctx = context_of((x,)) or current_trace()
     if ctx is None or not shape:
         return np.broadcast_to(scalar, shape).copy()
     return ctx.emit("broadcast_to", (scalar,), {"shape": shape})  # one scalar constant, broadcast
@@ -304,9 +280,9 @@ def dot(a, b):
 __all__ = [
     "exp", "log", "log1p", "sqrt", "rsqrt", "tanh", "sigmoid", "sin", "cos", "erf", "reciprocal",
     "abs", "sign", "negative", "square", "relu", "add", "subtract", "multiply", "divide",
-    "power", "maximum", "minimum", "logaddexp", "equal", "not_equal", "less", "less_equal",
+    "power", "maximum", "minimum", "equal", "not_equal", "less", "less_equal",
     "greater", "greater_equal", "where", "clip", "astype", "stop_gradient",
-    "sum", "mean", "var", "std", "max", "min", "argmax",
+    "sum", "mean", "max", "min", "argmax",
     "reshape", "transpose", "swapaxes", "expand_dims", "squeeze", "broadcast_to", "concatenate",
     "stack", "pad", "take", "zeros_like", "ones_like", "full_like", "matmul", "dot",
     *nn.__all__,
@@ -367,8 +343,8 @@ def _np_reduction(name, impl, has_dtype):
 
 def _np_where(condition, x=None, y=None):
     if x is None or y is None:
-        raise TraceError("np.where(condition) with one argument has a data-dependent shape; "
-                         "use np.where(condition, x, y)")
+        raise argument_error(TraceError, "np.where(condition) with one argument has a "
+                                         "data-dependent shape; use np.where(condition, x, y)")
     return where(condition, x, y)
 
 
@@ -419,7 +395,8 @@ def _np_like(value_default):
         if args:
             dtype = args[0]
         if shape is not None:
-            raise TraceError("np.*_like(..., shape=...) is not supported on traced arrays")
+            raise argument_error(TraceError, "np.*_like(..., shape=...) is not supported on "
+                                             "traced arrays")
         _reject("np.*_like", kwargs)
         return _full(a, fill, dtype)
 
@@ -433,8 +410,8 @@ def _np_take(a, indices, axis=None, out=None, mode="raise"):
 
 def _np_pad(array, pad_width, mode="constant", **kwargs):
     if mode != "constant":
-        raise TraceError(f"np.pad(mode={mode!r}) is not supported on traced arrays; only "
-                         f"mode='constant'")
+        raise argument_error(TraceError, f"np.pad(mode={mode!r}) is not supported on traced "
+                                         f"arrays; only mode='constant'")
     value = kwargs.pop("constant_values", 0)
     _reject("np.pad", kwargs)
     return pad(array, pad_width, value)

@@ -25,7 +25,7 @@ class schedules:  # noqa: N801  (a namespace, as in fg.optim.schedules.cosine)
             raise ValueError("total_steps must exceed warmup_steps")
 
         def schedule(t):
-            if t <= warmup_steps:
+            if warmup_steps and t <= warmup_steps:
                 return lr * t / warmup_steps
             progress = min(1.0, (t - warmup_steps) / (total_steps - warmup_steps))
             return min_lr + (lr - min_lr) * 0.5 * (1 + math.cos(math.pi * progress))

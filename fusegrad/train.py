@@ -119,9 +119,9 @@ class TrainStep:
         self._init_state(leaves, prog)
         t = self.t + 1
         lr = self.optimizer.lr(t) if callable(self.optimizer.lr) else self.optimizer.lr
-        inputs = list(graph_inputs(prog.traced, (params,) + batch))
-        if self.takes_key:
-            inputs.append(step_key(self.seed, t))
+        # the key is the traced function's last argument (see build_step_graph)
+        key = (step_key(self.seed, t),) if self.takes_key else ()
+        inputs = list(graph_inputs(prog.traced, (params,) + batch + key))
         trained_leaves = [prog.traced.array_leaves[k] for k in prog.trained]
         for i in trained_leaves:
             inputs += [self._slots[s][i] for s in prog.slots]
