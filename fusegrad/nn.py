@@ -21,8 +21,9 @@ from .ir.printer import short_loc
 from .ir.types import ShapeError, normalize_axes
 
 __all__ = [
-    "logaddexp", "var", "std", "gelu", "softmax", "log_softmax", "logsumexp", "one_hot",
-    "cross_entropy", "mse", "layer_norm", "conv2d", "max_pool2d", "avg_pool2d", "dropout", "embedding",
+    "logical_and", "logical_or", "logical_xor", "logical_not", "clip", "logaddexp", "var", "std",
+    "gelu", "softmax", "log_softmax", "logsumexp", "one_hot", "cross_entropy", "mse", "layer_norm",
+    "conv2d", "max_pool2d", "avg_pool2d", "dropout", "embedding",
 ]
 
 _INT = ("int32", "int64")
@@ -80,6 +81,40 @@ def logaddexp(x, y):
     x, y = lax.promote(x, y, to_float=True)
     return lax.add(lax.maximum(x, y), lax.unary("log1p", lax.unary("exp", lax.unary(
         "neg", lax.unary("abs", lax.sub(x, y))))))
+
+
+def _truth(x):
+    """x as bool (nonzero is true): logic is select and compare, it needs no primitive."""
+    return lax.convert(as_array(x), "bool")
+
+
+def logical_and(x, y):
+    """Elementwise x and y, as bool."""
+    return lax.where(x, _truth(y), False)
+
+
+def logical_or(x, y):
+    """Elementwise x or y, as bool."""
+    return lax.where(x, True, _truth(y))
+
+
+def logical_xor(x, y):
+    """Elementwise x xor y, as bool."""
+    return lax.compare("ne", _truth(x), _truth(y))
+
+
+def logical_not(x):
+    """Elementwise not x, as bool."""
+    return lax.compare("eq", _truth(x), False)
+
+
+def clip(x, a_min=None, a_max=None):
+    """Elementwise x limited to [a_min, a_max]; either bound may be None."""
+    if a_min is None and a_max is None:
+        raise argument_error(ValueError, "clip: give at least one of a_min and a_max")
+    if a_min is not None:
+        x = lax.maximum(x, a_min)
+    return x if a_max is None else lax.minimum(x, a_max)
 
 
 def var(x, axis=None, keepdims=False, ddof=0):

@@ -4,7 +4,7 @@ Every function works on tracers (recording IR) and on plain NumPy arrays (comput
 because each is built from the checked primitive wrappers in compiler/lax.py. This module also
 fills the tables through which NumPy's own functions dispatch on tracers (np.exp(x) reaches
 NUMPY_UFUNCS through __array_ufunc__, np.sum(x, axis=1) reaches NUMPY_FUNCTIONS through
-__array_function__). The neural-network composites live in nn.py and are re-exported here.
+__array_function__). Composites (var, clip, logic, softmax, conv2d ...) live in nn.py, re-exported.
 """
 from __future__ import annotations
 
@@ -80,20 +80,9 @@ less_equal = _binary("less_equal", lambda x, y: lax.compare("le", x, y), "Elemen
 greater = _binary("greater", lambda x, y: lax.compare("gt", x, y), "Elementwise x > y.")
 greater_equal = _binary("greater_equal", lambda x, y: lax.compare("ge", x, y),
                         "Elementwise x >= y, as bool.")
-
-
 def where(cond, a, b):
     """Elementwise a where cond is true, else b (broadcasting; cond is cast to bool)."""
     return lax.where(cond, a, b)
-
-
-def clip(x, a_min=None, a_max=None):
-    """Elementwise x limited to [a_min, a_max]; either bound may be None."""
-    if a_min is None and a_max is None:
-        raise argument_error(ValueError, "clip: give at least one of a_min and a_max")
-    if a_min is not None:
-        x = lax.maximum(x, a_min)
-    return x if a_max is None else lax.minimum(x, a_max)
 
 
 def astype(x, dtype):
@@ -281,7 +270,7 @@ __all__ = [
     "exp", "log", "log1p", "sqrt", "rsqrt", "tanh", "sigmoid", "sin", "cos", "erf", "reciprocal",
     "abs", "sign", "negative", "square", "relu", "add", "subtract", "multiply", "divide",
     "power", "maximum", "minimum", "equal", "not_equal", "less", "less_equal",
-    "greater", "greater_equal", "where", "clip", "astype", "stop_gradient",
+    "greater", "greater_equal", "where", "astype", "stop_gradient",
     "sum", "mean", "max", "min", "argmax",
     "reshape", "transpose", "swapaxes", "expand_dims", "squeeze", "broadcast_to", "concatenate",
     "stack", "pad", "take", "zeros_like", "ones_like", "full_like", "matmul", "dot",
@@ -323,7 +312,9 @@ NUMPY_UFUNCS.update({u: _from_ufunc(u, f) for u, f in {
     np.cos: cos, np.absolute: abs, np.fabs: abs, np.sign: sign, np.reciprocal: reciprocal,
     np.square: square, np.maximum: maximum, np.minimum: minimum, np.logaddexp: logaddexp,
     np.equal: equal, np.not_equal: not_equal, np.less: less, np.less_equal: less_equal,
-    np.greater: greater, np.greater_equal: greater_equal, np.matmul: matmul,
+    np.greater: greater, np.greater_equal: greater_equal, np.logical_and: logical_and,
+    np.logical_or: logical_or, np.logical_xor: logical_xor, np.logical_not: logical_not,
+    np.matmul: matmul,
 }.items()})
 
 

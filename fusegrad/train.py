@@ -92,16 +92,18 @@ class TrainStep:
         return prog
 
     def _check_params(self, params):
+        """The leaves of `params`, checked before anything is compiled or written; remembers
+        the structure (the optimizer state is kept for it)."""
         leaves, tree = flatten(params)
-        if self._param_tree is None:
-            self._param_tree = tree
-        elif tree != self._param_tree:
+        if self._param_tree is not None and tree != self._param_tree:
             raise ValueError("this train_step holds optimizer state for parameters of another "
                              "structure; make a new train_step for a new model")
         for path, x in zip(leaf_paths(tree, "params"), leaves):
             if not isinstance(x, np.ndarray) or not x.flags.writeable:
+                got = "a read-only array" if isinstance(x, np.ndarray) else type(x).__name__
                 raise TypeError(f"{path} must be a writable NumPy array: train_step updates "
-                                f"parameters in place (got {type(x).__name__})")
+                                f"parameters in place (got {got})")
+        self._param_tree = tree
         return leaves
 
     def _init_state(self, leaves, prog: StepGraph):
@@ -114,8 +116,8 @@ class TrainStep:
 
     # ---- running ----
     def __call__(self, params, *batch):
-        prog = self._program(params, batch)
         leaves = self._check_params(params)
+        prog = self._program(params, batch)
         self._init_state(leaves, prog)
         t = self.t + 1
         lr = self.optimizer.lr(t) if callable(self.optimizer.lr) else self.optimizer.lr

@@ -659,6 +659,24 @@ def test_check_grads_order2_catches_a_rule_that_is_right_only_to_first_order(mon
         fg.check_grads(f, (x,), order=2)
 
 
+def test_check_grads_holds_integer_arguments_fixed(monkeypatch):
+    """Labels and indices among the arguments are inputs, not variables: check_grads must not
+    try to differentiate them (that is a TypeError) and still checks the float ones."""
+    rng = _rng("int-args")
+    x, w, idx = rng.standard_normal((4, 3)), rng.standard_normal((5, 3)), np.array([3, 0, 3, 1, 2])
+
+    def f(x, idx, w):
+        return lax.reduce_sum(lax.mul(lax.unary("tanh", lax.gather(x, idx, axis=0)), w))
+
+    fg.check_grads(f, (x, idx, w), order=2)
+    scale = np.float64(1.5)  # a NumPy scalar is an array argument too
+    fg.check_grads(lambda s, x: lax.reduce_sum(lax.mul(lax.mul(x, s), s)), (scale, x), order=2)
+    # an error in the argument before the integer one is still found and named
+    monkeypatch.setitem(VJP_RULES, "tanh", vjp_rules._unary(lambda e, x, y, g: e.mul(g, y)))
+    with pytest.raises(fg.GradientCheckError, match=r"w\.r\.t\. x "):
+        fg.check_grads(f, (x, idx, w))
+
+
 # ---------------------------------------------------------------------------------------------
 # conventions at non-differentiable points
 

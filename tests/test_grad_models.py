@@ -98,23 +98,24 @@ def test_layer_norm_gelu_mlp_gradients(approximate):
 # (3) small CNN: conv2d (stride, padding) + relu + max_pool2d + linear head + cross-entropy
 
 CNN_CONFIGS = {
-    # image (C, H, W), conv out channels, conv stride/padding, pool kernel/stride
-    "1x6x6-s1p1-pool2": ((1, 6, 6), 3, 1, 1, 2, 2),
-    "2x5x5-s2p1-pool2s1": ((2, 5, 5), 4, 2, 1, 2, 1),
+    # image (C, H, W), conv out channels, conv stride/padding, pool kernel/stride/padding
+    "1x6x6-s1p1-pool2": ((1, 6, 6), 3, 1, 1, 2, 2, 0),
+    "2x5x5-s2p1-pool2s1p1": ((2, 5, 5), 4, 2, 1, 2, 1, 1),
 }
 
 
-def _pooled_size(image, stride, padding, pool, pool_stride):
+def _pooled_size(image, stride, padding, pool, pool_stride, pool_padding):
     c, h, w = image
     oh = (h + 2 * padding - 3) // stride + 1
     ow = (w + 2 * padding - 3) // stride + 1
-    return (oh - pool) // pool_stride + 1, (ow - pool) // pool_stride + 1
+    return ((oh + 2 * pool_padding - pool) // pool_stride + 1,
+            (ow + 2 * pool_padding - pool) // pool_stride + 1)
 
 
 @pytest.mark.parametrize("config", sorted(CNN_CONFIGS))
 def test_small_cnn_gradients(config):
-    image, out_ch, stride, padding, pool, pool_stride = CNN_CONFIGS[config]
-    ph, pw = _pooled_size(image, stride, padding, pool, pool_stride)
+    image, out_ch, stride, padding, pool, pool_stride, pool_padding = CNN_CONFIGS[config]
+    ph, pw = _pooled_size(image, stride, padding, pool, pool_stride, pool_padding)
     rng = np.random.default_rng(3)
     p = {"conv_w": _init(rng, out_ch, image[0], 3, 3, scale=0.5),
          "conv_b": 0.1 * rng.standard_normal(out_ch),
@@ -123,7 +124,7 @@ def test_small_cnn_gradients(config):
 
     def loss_fn(p, x, y):
         h = fg.conv2d(x, p["conv_w"], stride=stride, padding=padding, bias=p["conv_b"])
-        h = fg.max_pool2d(fg.relu(h), pool, stride=pool_stride)
+        h = fg.max_pool2d(fg.relu(h), pool, stride=pool_stride, padding=pool_padding)
         h = fg.reshape(h, (x.shape[0], -1))
         return fg.cross_entropy(h @ p["fc_w"] + p["fc_b"], y)
 

@@ -54,6 +54,8 @@ NUMPY_CODE = {
     "np.take": lambda x: np.take(x, IDX, axis=1),
     "np.pad": lambda x: np.pad(x, ((1, 0), (0, 2)), constant_values=-1),
     "np.ravel/shape/ndim/size": lambda x: np.ravel(x) * (np.shape(x)[0] + np.ndim(x) + np.size(x)),
+    "np.logical_*": lambda x, y: np.logical_or(np.logical_and(x > 0, y < 0),
+                                               np.logical_not(np.logical_xor(x > y, x > 1))),
     "comparisons": lambda x, y: np.not_equal(np.equal(x > y, x >= 0), np.less(x, 0.5)),
     # operators
     "x + y - x * y / 2": lambda x, y: x + y - x * y / 2,

@@ -8,6 +8,7 @@ The aliases tell the backends which outputs may be written into which inputs' st
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,7 +19,7 @@ from ..pytree import TreeDef
 from .autodiff import differentiate
 from .emit import Emitter
 from .optim import Hyper, Optimizer, clip_by_global_norm
-from .trace import Traced, trace
+from .trace import Traced, arg_names, trace
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,10 @@ def build_step_graph(loss_fn, optimizer: Optimizer, args, trainable_leaves, has_
             return loss_fn(*a[:-1], key=a[-1])
 
         fn.__name__ = getattr(loss_fn, "__name__", "loss")
+        # keep the loss's own argument names for the inputs (params['w1'], not args[0]['w1'])
+        fn.__signature__ = inspect.Signature(
+            [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+             for n in arg_names(loss_fn, len(args)) if n.isidentifier() and n != "key"])
         args = tuple(args) + (np.int64(0),)
         roles.append("hyper")
     fwd = trace(fn, args, name=name or getattr(loss_fn, "__name__", "loss"), roles=roles)

@@ -1,0 +1,318 @@
+"""Fusion: partition an optimized graph into Kernels, each one loop nest or one library call.
+
+Kernel kinds (the `kind` attribute of a `kernel` node; the printer shows them nested):
+    elementwise  one pass over a 2-D space (R, C); any number of outputs
+    row          + reductions over j (softmax, log-softmax + NLL, LayerNorm fwd/bwd): per row,
+                 one loop per reduction, then the elementwise consumers of their results
+    column       + reductions over i (bias / LayerNorm-weight gradients), with the elementwise
+                 work on their results (e.g. the bias's optimizer update) in the combine pass
+    gemm         one matmul, a BLAS call
+    opaque       one data-movement primitive (slice, pad, gather, unfold, transpose, ...)
+    multi        several independent elementwise kernels run as one (the multi-tensor
+                 optimizer update)
+
+Greedy producer-consumer merging, then sibling merging (kernels that share an input), then
+grouping of the update kernels. A merge must keep one consistent index map per value
+(loopspace.infer_maps), must not create a cycle between kernels, and must not mix row and
+column reductions. Scalar constants, iotas and scalar-only arithmetic (bias corrections from
+the step counter) are cheap, so they are recomputed inside every kernel that needs them instead
+of becoming kernels of their own.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+
+from ...ir import Attrs, Graph, Node, Var
+from ...ir.printer import format_graph
+from .loopspace import (COL, FULL, REDUCTIONS, ROW, MapConflict, Space, infer_maps,
+                        is_loop_op, space_for)
+
+# rough cost of one element of each primitive, in flops (for the cost model shown in dumps)
+_TRANSCENDENTAL = {"exp", "log", "log1p", "tanh", "sigmoid", "erf", "sin", "cos", "pow"}
+
+
+def _flops(node) -> int:
+    if node.op == "matmul":
+        a, b = node.inputs
+        k = a.shape[-2] if node.attrs["transpose_a"] else a.shape[-1]
+        return 2 * node.out.type.size * k
+    if node.op in ("constant", "reshape", "broadcast_to"):
+        return 0
+    size = node.inputs[0].type.size if node.op in REDUCTIONS else node.out.type.size
+    return size * (10 if node.op in _TRANSCENDENTAL else 1)
+
+
+def _is_free(node, free_vars) -> bool:
+    """Nodes recomputed inside each kernel that uses them instead of being kernels."""
+    if node.op == "constant":
+        return node.out.type.size == 1
+    if node.op == "iota":
+        return True
+    return (is_loop_op(node) and node.op not in REDUCTIONS and node.out.type.size == 1
+            and all(v in free_vars or v.type.size == 1 for v in node.inputs))
+
+
+class _Partition:
+    def __init__(self, graph: Graph):
+        self.graph = graph
+        self.nodes = list(graph.nodes)
+        self.index = {n: i for i, n in enumerate(self.nodes)}
+        self.producer = {v: n for n in self.nodes for v in n.outputs}
+        self.users = graph.users()
+        self.outputs = set(graph.outputs)
+        free_vars: set = set()
+        self.free = set()
+        for n in self.nodes:
+            if _is_free(n, free_vars):
+                self.free.add(n)
+                free_vars.add(n.out)
+        self._find_loopable()
+        # a free value is recomputed inside loop kernels only: one that a graph output or a
+        # non-loop kernel needs is computed once, as an ordinary node
+        changed = True
+        while changed:
+            changed = False
+            for n in list(self.free):
+                if n.out in self.outputs or any(u not in self.loopable and u not in self.free
+                                                for u in self.users.get(n.out, ())):
+                    self.free.discard(n)
+                    changed = True
+        self._find_loopable()
+        self.group = {n: i for i, n in enumerate(self.nodes) if n not in self.free}
+        self.members = {i: [n] for n, i in self.group.items()}
+
+    def _find_loopable(self):
+        # loop nodes that can form a kernel on their own (an operand broadcast that is not a
+        # 2-D map, e.g. (3,1,4) into (3,5,4), makes the node an opaque kernel instead)
+        self.loopable = {n for n in self.nodes if n not in self.free and is_loop_op(n)
+                         and n.op != "constant" and self.loop_plan([n]) is not None}
+
+    # ---- legality ----
+    def closure(self, nodes):
+        """The free nodes a set of nodes needs, recursively (they are cloned into the kernel)."""
+        need, stack = set(), [v for n in nodes for v in n.inputs]
+        while stack:
+            p = self.producer.get(stack.pop())
+            if p is not None and p in self.free and p not in need:
+                need.add(p)
+                stack.extend(p.inputs)
+        return need
+
+    def body(self, nodes):
+        return sorted(set(nodes) | self.closure(nodes), key=self.index.__getitem__)
+
+    def outputs_of(self, nodes):
+        inside = set(nodes)
+        return [v for n in nodes for v in n.outputs
+                if v in self.outputs or any(u not in inside and u not in self.free
+                                            for u in self.users.get(v, ()))]
+
+    def loop_plan(self, nodes):
+        """(space, maps, reductions) if `nodes` can form one loop kernel, else None."""
+        body = self.body(nodes)
+        outs = self.outputs_of(nodes)
+        space = space_for(body, outs or [body[-1].out])
+        try:
+            maps, reductions = infer_maps(body, space)
+        except MapConflict:
+            return None
+        after_col = _downstream_of(body, [n for n, k in reductions.items() if k == "col"])
+        # a column reduction is complete only after the last row: what follows it is computed
+        # in the combine pass, which has one index (j) and cannot produce per-row values
+        if any(maps[v] in (FULL, COL) for v in after_col):
+            return None
+        # a per-column value computed in the row loop would be rewritten by every row
+        if any(maps[v] == ROW and v not in after_col for v in outs):
+            return None
+        return space, maps, reductions
+
+    def creates_cycle(self, nodes) -> bool:
+        """Would running `nodes` as one kernel need a value that itself needs the kernel?"""
+        inside = set(nodes)
+        stack = [u for n in nodes for v in n.outputs for u in self.users.get(v, ())
+                 if u not in inside]
+        seen = set()
+        while stack:
+            u = stack.pop()
+            if u in seen:
+                continue
+            seen.add(u)
+            for v in u.outputs:
+                for w in self.users.get(v, ()):
+                    if w in inside:
+                        return True
+                    stack.append(w)
+        return False
+
+    def try_merge(self, ga, gb) -> bool:
+        if ga == gb:
+            return False
+        nodes = self.members[ga] + self.members[gb]
+        if not all(n in self.loopable for n in nodes):
+            return False
+        if self.loop_plan(nodes) is None or self.creates_cycle(nodes):
+            return False
+        for n in self.members[gb]:
+            self.group[n] = ga
+        self.members[ga] = sorted(nodes, key=self.index.__getitem__)
+        del self.members[gb]
+        return True
+
+    # ---- the three merge phases ----
+    def merge_producers(self):
+        for n in self.nodes:
+            if n not in self.loopable:
+                continue
+            for v in n.inputs:
+                p = self.producer.get(v)
+                if p in self.loopable:
+                    self.try_merge(self.group[n], self.group[p])
+
+    def merge_siblings(self):
+        for v in [*self.graph.inputs, *(u for n in self.nodes for u in n.outputs)]:
+            readers = sorted({self.group[u] for u in self.users.get(v, ())
+                              if u in self.loopable})
+            for g in readers[1:]:
+                if readers[0] in self.members and g in self.members:
+                    self.try_merge(readers[0], g)
+
+    def groups_in_order(self):
+        """Kernels in a topological order of their dependencies, earliest first."""
+        deps = {g: set() for g in self.members}
+        for g, nodes in self.members.items():
+            for n in self.body(nodes):
+                for v in n.inputs:
+                    p = self.producer.get(v)
+                    if p is not None and p in self.group and self.group[p] != g:
+                        deps[g].add(self.group[p])
+        order, done = [], set()
+        pending = sorted(self.members, key=lambda g: self.index[self.members[g][0]])
+        while pending:
+            for g in pending:
+                if deps[g] <= done:
+                    order.append(g)
+                    done.add(g)
+                    pending.remove(g)
+                    break
+            else:  # pragma: no cover  (merges never create cycles)
+                raise RuntimeError("fusion produced a cycle between kernels")
+        return order
+
+
+def _downstream_of(body, reductions):
+    """Values computed from a reduction's result inside `body`."""
+    tainted = {n.out for n in reductions}  # noqa: C416
+    for n in body:
+        if any(v in tainted for v in n.inputs):
+            tainted.update(n.outputs)
+    return tainted
+
+
+def _clone_region(nodes, inputs, outputs, name) -> Graph:
+    """A region Graph with fresh Vars: `inputs`/`outputs` are the kernel's outer operands."""
+    fresh = {v: Var(v.type, v.hint) for v in inputs}
+    body = []
+    for n in nodes:
+        outs = tuple(fresh.setdefault(v, Var(v.type, v.hint)) for v in n.outputs)
+        body.append(Node(n.op, tuple(fresh[v] for v in n.inputs), outs, n.attrs, n.loc, n.part,
+                         n.region))
+    return Graph(tuple(fresh[v] for v in inputs), tuple(body), tuple(fresh[v] for v in outputs),
+                 name=name)
+
+
+def structural_name(kind, region: Graph) -> str:
+    """Kernels with the same structure (ops, attrs, dtypes, ranks) share a name and code."""
+    text = format_graph(region)
+    digest = hashlib.sha1(f"{kind}\n{_strip_sizes(text)}".encode()).hexdigest()[:10]
+    return f"{kind}_{digest}"
+
+
+def _strip_sizes(text: str) -> str:
+    text = re.sub(r"#.*", "", text)
+    return re.sub(r"\[(\d+(,\d+)*)?\]", lambda m: f"[rank{len(m.group(0).split(','))}]", text)
+
+
+def make_kernel(part: _Partition, nodes, kind=None) -> Node:
+    body = part.body(nodes)
+    inside = set(body)
+    inputs = []
+    for n in body:
+        for v in n.inputs:
+            if part.producer.get(v) not in inside and v not in inputs:
+                inputs.append(v)
+    outputs = part.outputs_of(nodes)
+    attrs = {}
+    if kind is None:
+        if len(nodes) == 1 and nodes[0] not in part.loopable:
+            kind = "gemm" if nodes[0].op == "matmul" else "opaque"
+        else:
+            space, _, reductions = part.loop_plan(nodes)
+            kinds = set(reductions.values())
+            kind = {frozenset(): "elementwise", frozenset({"row"}): "row",
+                    frozenset({"col"}): "column"}.get(frozenset(kinds), "row+column")
+            attrs.update(space=space.shape, split=space.split)
+    region = _clone_region(body, inputs, outputs, "region")
+    flops = sum(_flops(n) for n in body)
+    moved = sum(v.type.nbytes for v in (*inputs, *outputs))
+    attrs.update(kind=kind, flops=flops, bytes=moved, name=structural_name(kind, region))
+    loc = next((n.loc for n in reversed(nodes) if n.loc), None)
+    return Node("kernel", tuple(inputs), tuple(outputs), Attrs(attrs), loc, nodes[-1].part,
+                region)
+
+
+def fuse(graph: Graph, multi_tensor: bool = True) -> Graph:
+    """The fused graph: kernel nodes (plus views: top-level reshapes and array constants)."""
+    part = _Partition(graph)
+    part.merge_producers()
+    part.merge_siblings()
+    kernels = []
+    for g in part.groups_in_order():
+        nodes = part.members[g]
+        if len(nodes) == 1 and nodes[0].op in ("reshape", "constant"):
+            kernels.append(nodes[0])  # a view of a buffer, or data: no code runs
+        else:
+            kernels.append(make_kernel(part, nodes))
+    if multi_tensor:
+        kernels = _group_updates(kernels)
+    return graph.replace(nodes=tuple(kernels))
+
+
+def _group_updates(kernels):
+    """Independent elementwise kernels of the update part become one multi-tensor kernel."""
+    candidates = [k for k in kernels if k.op == "kernel" and k.part == "update"
+                  and k.attrs["kind"] == "elementwise"]
+    if len(candidates) < 2:
+        return kernels
+    produced = {v for k in candidates for v in k.outputs}
+    independent = [k for k in candidates if not any(v in produced for v in k.inputs)]
+    if len(independent) < 2:
+        return kernels
+    position = kernels.index(independent[-1])
+    # every independent update kernel may move to the position of the last one: nothing
+    # between reads their outputs (only kernels after the last one can)
+    later_inputs = {v for k in kernels[:position] if k not in independent for v in k.inputs}
+    group = [k for k in independent if not any(v in later_inputs for v in k.outputs)]
+    if len(group) < 2:
+        return kernels
+    inputs, outputs = [], []
+    for k in group:
+        inputs += [v for v in k.inputs if v not in inputs]
+        outputs += list(k.outputs)
+    inner = Graph(tuple(inputs), tuple(group), tuple(outputs), name="region")
+    region = _clone_region(inner.nodes, inputs, outputs, "region")
+    attrs = Attrs(kind="multi", flops=sum(k.attrs["flops"] for k in group),
+                  bytes=sum(v.type.nbytes for v in (*inputs, *outputs)),
+                  name=structural_name("multi", region))
+    multi = Node("kernel", tuple(inputs), tuple(outputs), attrs, None, "update", region)
+    rest = [k for k in kernels if k not in group]
+    rest.insert(rest.index(kernels[position + 1]) if position + 1 < len(kernels) else len(rest),
+                multi)
+    return rest
+
+
+def kernel_count(fused: Graph) -> int:
+    return sum(1 for n in fused.nodes if n.op == "kernel")
+
+
+__all__ = ["fuse", "kernel_count", "Space"]
