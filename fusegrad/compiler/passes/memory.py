@@ -1,0 +1,247 @@
+"""The memory plan: where every value of a fused graph lives during a step.
+
+Liveness over the kernel schedule decides when a buffer's last reader has run; its storage is
+then reused for a later value of the same or smaller size (best fit). A loop kernel may write an
+output into the buffer of an input that dies at that kernel when both are addressed the same way
+(same index map, same size and dtype: each element is read before it is overwritten). Updated
+parameters and optimizer state are written into their own storage when nothing reads the old
+value afterwards. Every arena buffer is carved from one allocation made once, so a step
+allocates nothing.
+
+    storage kinds:  ("arena", buffer)  ("input", i)  ("const", node)  ("view", base Var)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .loopspace import infer_maps, space_for
+from ...ir import interpret
+
+ALIGN = 64  # bytes: keeps every buffer on a cache line (and SIMD-aligned)
+IN_PLACE_KINDS = ("elementwise", "row", "column", "row+column")
+
+
+def _aligned(n: int) -> int:
+    return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+@dataclass(eq=False)
+class Buffer:
+    index: int
+    nbytes: int
+    offset: int = 0
+    values: list = field(default_factory=list)  # (Var, first kernel, last kernel)
+
+
+@dataclass
+class MemoryPlan:
+    graph: object  # the fused Graph
+    storage: dict  # Var -> (kind, where)
+    buffers: list
+    naive_bytes: int
+    in_place: list  # (kernel index, input Var, output Var)
+    copies_back: list  # (output index, input index): aliased outputs that could not be in place
+
+    @property
+    def peak_bytes(self) -> int:
+        return sum(b.nbytes for b in self.buffers)
+
+    @property
+    def arena_bytes(self) -> int:
+        return max((b.offset + b.nbytes for b in self.buffers), default=0)
+
+    def __str__(self) -> str:
+        names = _names(self.graph)
+        lines = [f"memory plan: {len(self.buffers)} buffers, peak {self.peak_bytes:,} bytes "
+                 f"(one buffer per value: {self.naive_bytes:,} bytes, "
+                 f"{self.peak_bytes / max(self.naive_bytes, 1):.0%})"]
+        for b in self.buffers:
+            held = ", ".join(f"{names.get(v, '?')}:{v.type} [{a}..{z}]" for v, a, z in b.values)
+            lines.append(f"  buf{b.index:<3} +{b.offset:<10,} {b.nbytes:>11,} B  {held}")
+        written = [f"{names.get(v, '?')} <- {self.graph.input_names[w]}"
+                   for v, (k, w) in self.storage.items() if k == "input"]
+        if written:
+            lines.append("  written into their inputs' storage: " + ", ".join(written))
+        if self.in_place:
+            lines.append("  in place: " + ", ".join(
+                f"{names.get(o, '?')} over {names.get(i, '?')} (kernel {k})"
+                for k, i, o in self.in_place))
+        if self.copies_back:
+            lines.append("  copied back after the step: " + ", ".join(
+                self.graph.input_names[i] for _, i in self.copies_back))
+        return "\n".join(lines)
+
+
+def _names(graph) -> dict:
+    """Printer-style %N names of the top-level values (as in str(graph))."""
+    names, k = {}, 0
+    for v in graph.inputs:
+        names[v] = f"%{k}"
+        k += 1
+    for n in graph.nodes:
+        for v in n.outputs:
+            names[v] = f"%{k}"
+            k += 1
+        if n.region is not None:
+            k += _count_region_vars(n.region)
+    return names
+
+
+def _count_region_vars(region) -> int:
+    k = len(region.inputs)
+    for n in region.nodes:
+        k += len(n.outputs)
+        if n.region is not None:
+            k += _count_region_vars(n.region)
+    return k
+
+
+def can_overwrite(kernel, inp, out) -> bool:
+    """May `kernel` write `out` into the storage of its operand `inp`? Yes when each element of
+    inp is read at the same loop index that writes the same element of out (same index map,
+    size and dtype), so the generated loop reads it before it overwrites it."""
+    if inp.type.size != out.type.size or inp.type.dtype != out.type.dtype:
+        return False
+    kind = kernel.attrs["kind"]
+    region = kernel.region
+    inner = dict(zip(kernel.inputs, region.inputs)) | dict(zip(kernel.outputs, region.outputs))
+    if kind in IN_PLACE_KINDS:
+        maps, _ = infer_maps(region.nodes, space_for(region.nodes, region.outputs))
+        return maps.get(inner[inp]) is not None and maps.get(inner[inp]) == maps.get(inner[out])
+    if kind == "multi":  # only the part that writes out may read inp
+        writer = next(n for n in region.nodes if inner[out] in n.outputs)
+        readers = [n for n in region.nodes if inner[inp] in n.inputs]
+        return readers == [writer] and can_overwrite(writer, inner[inp], inner[out])
+    return False
+
+
+def _readers(graph):
+    """kernel index of every read of every Var (top-level nodes)."""
+    reads: dict = {}
+    for k, n in enumerate(graph.nodes):
+        for v in n.inputs:
+            reads.setdefault(v, []).append(k)
+    return reads
+
+
+def plan_memory(graph) -> MemoryPlan:
+    nodes = graph.nodes
+    end = len(nodes)
+    reads = _readers(graph)
+    storage: dict = {v: ("input", i) for i, v in enumerate(graph.inputs)}
+    root = {}  # view -> the Var that owns the storage
+    for n in nodes:
+        if n.op == "constant":
+            storage[n.out] = ("const", n)
+        elif n.op == "reshape":
+            base = n.inputs[0]
+            root[n.out] = root.get(base, base)
+            storage[n.out] = ("view", root[n.out])
+    owners_last = {}
+    for v, ks in reads.items():
+        r = root.get(v, v)
+        owners_last[r] = max(owners_last.get(r, -1), max(ks))
+    for v in graph.outputs:
+        owners_last[root.get(v, v)] = end
+    output_of_input = {graph.outputs[o]: i for o, i in graph.aliases}
+
+    buffers: list[Buffer] = []
+    free: list[Buffer] = []
+    live: dict = {}  # buffer -> last kernel index its current value is read at
+    in_place, copies_back = [], []
+    naive = 0
+
+    def release(k):
+        for b, last in list(live.items()):
+            if last < k:
+                del live[b]
+                free.append(b)
+
+    for k, n in enumerate(nodes):
+        if n.op != "kernel":
+            continue
+        release(k)
+        taken = set()
+        for v in n.outputs:
+            naive += _aligned(v.type.nbytes)
+            last = owners_last.get(v, k)  # an unread value dies in its own kernel
+            i = output_of_input.get(v)
+            if i is not None:
+                param = graph.inputs[i]
+                later = [r for r in reads.get(param, []) if r > k]
+                read_here = k in reads.get(param, [])
+                if not later and (not read_here or can_overwrite(n, param, v)):
+                    storage[v] = ("input", i)
+                    continue
+                copies_back.append((graph.outputs.index(v), i))
+            donor = _in_place_donor(n, v, owners_last, storage, k, root, taken)
+            if donor is not None:
+                b = storage[donor][1]
+                taken.add(b)
+                storage[v] = ("arena", b)
+                b.values.append((v, k, last))
+                live[b] = last
+                in_place.append((k, donor, v))
+                continue
+            size = _aligned(v.type.nbytes)
+            fits = [b for b in free if b.nbytes >= size]
+            if fits:
+                b = min(fits, key=lambda b: b.nbytes)
+                free.remove(b)
+            else:
+                b = Buffer(len(buffers), size)
+                buffers.append(b)
+            storage[v] = ("arena", b)
+            b.values.append((v, k, last))
+            live[b] = last
+    offset = 0
+    for b in buffers:
+        b.offset = offset
+        offset += b.nbytes
+    return MemoryPlan(graph, storage, buffers, naive, in_place, copies_back)
+
+
+def _in_place_donor(node, out, owners_last, storage, k, root, taken):
+    """An input of `node` that dies here and whose arena buffer `out` may take over."""
+    if node.attrs["kind"] not in IN_PLACE_KINDS + ("multi",):
+        return None
+    for v in node.inputs:
+        st = storage.get(v)
+        if st is None or st[0] != "arena" or root.get(v, v) is not v:
+            continue
+        if owners_last.get(v) != k or st[1] in taken or not can_overwrite(node, v, out):
+            continue
+        return v
+    return None
+
+
+def execute_plan(plan: MemoryPlan, inputs) -> list:
+    """Run the fused graph kernel by kernel with the interpreter, every value read from and
+    written to its planned storage. An oracle for the plan: a buffer reused too early changes
+    the results."""
+    graph = plan.graph
+    arena = np.zeros(plan.arena_bytes, np.uint8)
+    inputs = [np.array(x, copy=True) for x in inputs]
+
+    def view(v):
+        kind, where = plan.storage[v]
+        if kind == "input":
+            return inputs[where]
+        if kind == "const":
+            return where.attrs["value"].array
+        if kind == "view":
+            return view(where).reshape(v.shape)
+        b = where
+        raw = arena[b.offset:b.offset + v.type.nbytes]
+        return raw.view(v.type.dtype).reshape(v.shape)
+
+    for n in graph.nodes:
+        if n.op != "kernel":
+            continue
+        outs = interpret(n.region, [np.array(view(v), copy=True) for v in n.inputs])
+        for v, x in zip(n.outputs, outs):
+            np.copyto(view(v), x)
+    results = [np.array(view(v), copy=True) for v in graph.outputs]
+    return results
