@@ -232,7 +232,7 @@ def test_unsupported_numpy_function_names_it_and_the_line(call, name):
     (lambda x: np.sum(x, initial=1.0), r"np\.sum\(\.\.\., initial=1\.0\) is not supported"),
     (lambda x: np.where(x > 0), r"np\.where\(condition\) with one argument"),
     (lambda x: np.pad(x, 1, mode="reflect"), r"np\.pad\(mode='reflect'\)"),
-    (lambda x: np.exp(x, out=x), r"np\.exp is not supported"),
+    (lambda x: np.exp(x, out=x), r"out= is not supported.*np\.exp"),
 ])
 def test_unsupported_numpy_arguments(call, pattern):
     with pytest.raises(TypeError, match=pattern) as info:

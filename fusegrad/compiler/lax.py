@@ -300,6 +300,11 @@ def getitem(x, key):
         idx = idx if isinstance(idx, Tracer) else np.asarray(idx)
         if dtype_of(idx) == "bool":
             raise TraceError("boolean-mask indexing makes a data-dependent shape; use fg.where")
+        if not isinstance(idx, Tracer):  # NumPy's negative indices, checked now
+            dim = shape[ax]
+            if idx.size and (idx.min() < -dim or idx.max() >= dim):
+                raise IndexError(f"index out of bounds for axis {ax} with size {dim}")
+            idx = idx % dim
         y = gather(y, idx, ax)
         idx_shape = shape_of(idx)
         out_shape = out_shape[:pos] + list(idx_shape) + out_shape[pos + 1:]

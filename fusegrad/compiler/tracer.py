@@ -174,8 +174,11 @@ class Tracer:
 
     # ---- NumPy protocols ----
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        if kwargs.get("out") is not None:
+            raise TraceError(f"out= is not supported on traced arrays{_at(user_location())}: "
+                             f"use the return value of np.{ufunc.__name__} instead")
         impl = NUMPY_UFUNCS.get(ufunc) if method == "__call__" else None
-        if impl is None or kwargs.get("out") is not None:
+        if impl is None:
             what = f"np.{ufunc.__name__}" + ("" if method == "__call__" else f".{method}")
             raise TraceError(f"{what} is not supported on traced arrays{_at(user_location())}; "
                              f"supported ufuncs: {', '.join(sorted(u.__name__ for u in NUMPY_UFUNCS))}")
@@ -185,8 +188,11 @@ class Tracer:
     def __array_function__(self, func, types, args, kwargs):
         impl = NUMPY_FUNCTIONS.get(func)
         if impl is None:
+            module = (getattr(func, "__module__", None) or "numpy").replace("numpy", "np", 1)
+            module = "np" if module.startswith("np._core") or module == "np" else module
             raise TraceError(
-                f"np.{func.__name__} is not supported on traced arrays{_at(user_location())}; "
+                f"{module}.{func.__name__} is not supported on traced arrays"
+                f"{_at(user_location())}; "
                 f"use a fusegrad op (fg.{func.__name__} if it exists) or compute it outside the "
                 f"compiled function"
             )
@@ -215,6 +221,20 @@ class Tracer:
     def __eq__(self, o): return lax.compare("eq", self, o)  # noqa: E704
     def __ne__(self, o): return lax.compare("ne", self, o)
     def __getitem__(self, key): return lax.getitem(self, key)
+    # logical operators on bool arrays (as NumPy's &, |, ^, ~ on bool arrays)
+    def __and__(self, o): return self._logical(np.logical_and, o)
+    def __rand__(self, o): return self._logical(np.logical_and, o)
+    def __or__(self, o): return self._logical(np.logical_or, o)
+    def __ror__(self, o): return self._logical(np.logical_or, o)
+    def __xor__(self, o): return self._logical(np.logical_xor, o)
+    def __rxor__(self, o): return self._logical(np.logical_xor, o)
+    def __invert__(self): return self._logical(np.logical_not)
+
+    def _logical(self, ufunc, *other):
+        if self.dtype != np.bool_:
+            raise TraceError(f"bitwise operators on {self._var.type} are not supported"
+                             f"{_at(user_location())}; they work on bool arrays (masks)")
+        return NUMPY_UFUNCS[ufunc](self, *other)
 
     # ---- ndarray methods ----
     @property
@@ -249,6 +269,19 @@ class Tracer:
 
     def argmax(self, axis=None):
         return lax.argmax(self, axis)
+
+    # more ndarray methods, through the NumPy dispatch table the op namespace fills
+    def var(self, axis=None, keepdims=False, ddof=0):
+        return NUMPY_FUNCTIONS[np.var](self, axis=axis, keepdims=keepdims, ddof=ddof)
+
+    def std(self, axis=None, keepdims=False, ddof=0):
+        return NUMPY_FUNCTIONS[np.std](self, axis=axis, keepdims=keepdims, ddof=ddof)
+
+    def clip(self, a_min=None, a_max=None):
+        return NUMPY_FUNCTIONS[np.clip](self, a_min, a_max)
+
+    def squeeze(self, axis=None):
+        return NUMPY_FUNCTIONS[np.squeeze](self, axis=axis)
 
 
 from . import lax  # noqa: E402  (circular by design: lax builds on Tracer)
