@@ -1,6 +1,8 @@
 """fg.check_grads: symbolic gradients against central finite differences, in float64."""
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 
 from .api import GradFunction
@@ -57,6 +59,10 @@ def _directional_gradient(fn, args, seed):
         return total
 
     along_v.__name__ = f"grad_{getattr(fn, '__name__', 'fn')}_dot_v"
+    try:  # keep fn's parameter names, so a failure names the argument as the user wrote it
+        along_v.__signature__ = inspect.signature(fn)
+    except (TypeError, ValueError):
+        pass
     return along_v
 
 

@@ -655,7 +655,7 @@ def test_check_grads_order2_catches_a_rule_that_is_right_only_to_first_order(mon
         lambda e, x, y, g: e.mul(g, e.sub(1, e.mul(e("stop_gradient", y), e("stop_gradient", y)))))
     monkeypatch.setitem(VJP_RULES, "tanh", broken)
     fg.check_grads(f, (x,), order=1)
-    with pytest.raises(fg.GradientCheckError, match="second derivative"):
+    with pytest.raises(fg.GradientCheckError, match=r"second derivative.* w\.r\.t\. x is wrong"):
         fg.check_grads(f, (x,), order=2)
 
 
@@ -695,9 +695,8 @@ def test_relu_at_zero_has_gradient_one_half():
     x = np.array([-1.0, 0.0, 2.0])
     g = fg.grad(lambda x: lax.reduce_sum(lax.maximum(x, 0.0)))(x)
     np.testing.assert_array_equal(g, [0.0, 0.5, 1.0])
-    if hasattr(fg, "relu"):
-        np.testing.assert_array_equal(fg.grad(lambda x: lax.reduce_sum(fg.relu(x)))(x),
-                                      [0.0, 0.5, 1.0])
+    np.testing.assert_array_equal(fg.grad(lambda x: lax.reduce_sum(fg.relu(x)))(x),
+                                  [0.0, 0.5, 1.0])
 
 
 def test_max_reduction_ties_split_among_tied_maxima():
