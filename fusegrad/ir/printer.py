@@ -65,7 +65,10 @@ def _format_body(graph, names, indent, lines, annotate, bind=None, parts=None):
         params = ", ".join(f"{_typed(names, v)} <- {names[o]}" for v, o in zip(graph.inputs, bind))
         lines.append(f"{indent}({params})")
     part = "forward"
+    shown = set(graph.inputs)
     for node in graph.nodes:
+        if parts is None or node.part in parts:
+            shown.update(node.outputs)
         if parts is not None and node.part not in parts:
             for v in node.outputs:  # keep the numbering of the whole graph
                 names.define(v)
@@ -74,8 +77,9 @@ def _format_body(graph, names, indent, lines, annotate, bind=None, parts=None):
             part = node.part
             lines.append(f"{indent}# ---- {part} ----")
         _format_node(node, names, indent, lines, annotate)
-    outs = ", ".join(names[v] for v in graph.outputs)
-    lines.append(f"{indent}{'return' if bind is None else 'yield'} {outs}")
+    # a part shows the outputs it computes; the rest are named in the full graph's return
+    outs = ", ".join(names[v] for v in graph.outputs if v in shown)
+    lines.append(f"{indent}{'return' if bind is None else 'yield'} {outs}".rstrip())
 
 
 def format_graph(graph, annotate=None, parts=None) -> str:
