@@ -122,8 +122,10 @@ def rewrite(graph: Graph, rule: Rule, name: str = "rewrite") -> Graph:
     for old in graph.nodes:
         node = rw.substituted(old)
         rw.node = node
+        mark = len(rw.nodes)
         replacement = rule(node, rw) if node.region is None else None
         if replacement is None or replacement is node.out:
+            del rw.nodes[mark:]  # whatever a rule built before giving up
             rw.append(node)
             continue
         if replacement.type != node.out.type:
