@@ -145,7 +145,9 @@ def plan_memory(graph) -> MemoryPlan:
         owners_last[r] = max(owners_last.get(r, -1), max(ks))
     for v in graph.outputs:
         owners_last[root.get(v, v)] = end
-    output_of_input = {graph.outputs[o]: i for o, i in graph.aliases}
+    output_of_input = {}
+    for o, i in graph.aliases:
+        output_of_input.setdefault(graph.outputs[o], i)
 
     buffers: list[Buffer] = []
     free: list[Buffer] = []
@@ -175,7 +177,6 @@ def plan_memory(graph) -> MemoryPlan:
                 if not later and (not read_here or can_overwrite(n, param, v)):
                     storage[v] = ("input", i)
                     continue
-                copies_back.append((graph.outputs.index(v), i))
             donor = _in_place_donor(n, v, owners_last, storage, k, root, taken)
             if donor is not None:
                 b = storage[donor][1]
@@ -196,6 +197,10 @@ def plan_memory(graph) -> MemoryPlan:
             storage[v] = ("arena", b)
             b.values.append((v, k, last))
             live[b] = last
+    # aliased outputs not written in place (read later, or the same value replacing two inputs)
+    for o, i in graph.aliases:
+        if storage.get(graph.outputs[o]) != ("input", i):
+            copies_back.append((o, i))
     offset = 0
     for b in buffers:
         b.offset = offset

@@ -1,0 +1,54 @@
+"""From a step graph to a Program: optimize, prepare, fuse, plan memory.
+
+Every stage is a pure function and every result is kept, so `step.ir("optimized")`,
+`step.ir("fused")` and `step.memory_plan()` show exactly what the backends run.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from ..ir import Graph
+from ..ir import verify as verify_graph
+from .passes import run_passes
+from .passes.fusion import fuse, kernel_count
+from .passes.memory import MemoryPlan, plan_memory
+from .passes.prepare import prepare_for_fusion
+
+
+@dataclass(frozen=True)
+class Program:
+    source: Graph  # the graph as traced (step, joint or forward)
+    optimized: Graph
+    fused: Graph
+    plan: MemoryPlan
+
+    @property
+    def kernels(self) -> int:
+        return kernel_count(self.fused)
+
+    def stats(self) -> dict:
+        return {
+            "nodes": len(self.source.nodes),
+            "optimized_nodes": len(self.optimized.nodes),
+            "kernels": self.kernels,
+            "gemms": sum(1 for n in self.fused.nodes
+                         if n.op == "kernel" and n.attrs["kind"] == "gemm"),
+            "peak_bytes": self.plan.peak_bytes,
+            "naive_bytes": self.plan.naive_bytes,
+        }
+
+
+def compile_graph(graph: Graph, dump_dir=None) -> Program:
+    """Run the whole middle end on `graph`."""
+    dump_dir = dump_dir or os.environ.get("FUSEGRAD_DUMP") or None
+    optimized = run_passes(graph, dump_dir=dump_dir)
+    fused = fuse(prepare_for_fusion(optimized))
+    if os.environ.get("FUSEGRAD_VERIFY", "") not in ("", "0"):
+        verify_graph(fused)
+    plan = plan_memory(fused)
+    if dump_dir:
+        from .dump import dump_program
+
+        dump_program(dump_dir, graph.name, fused, plan)
+    return Program(graph, optimized, fused, plan)
