@@ -39,11 +39,12 @@ class Program:
         }
 
 
-def compile_graph(graph: Graph, dump_dir=None) -> Program:
-    """Run the whole middle end on `graph`."""
+def compile_graph(graph: Graph, dump_dir=None, guard: int | None = None) -> Program:
+    """Run the whole middle end on `graph`. `guard` names the output (the loss) that is checked
+    before parameters are written in place (see passes/fusion.py)."""
     dump_dir = dump_dir or os.environ.get("FUSEGRAD_DUMP") or None
     optimized = run_passes(graph, dump_dir=dump_dir)
-    fused = fuse(prepare_for_fusion(optimized))
+    fused = fuse(prepare_for_fusion(optimized), guard=guard)
     if os.environ.get("FUSEGRAD_VERIFY", "") not in ("", "0"):
         verify_graph(fused)
     plan = plan_memory(fused)

@@ -82,10 +82,17 @@ def _format_body(graph, names, indent, lines, annotate, bind=None, parts=None):
     lines.append(f"{indent}{'return' if bind is None else 'yield'} {outs}".rstrip())
 
 
-def format_graph(graph, annotate=None, parts=None) -> str:
+def var_names(graph) -> dict:
+    """The %N name the printer gives every Var of `graph`, regions included."""
+    names = _Names()
+    format_graph(graph, _names=names)
+    return names.names
+
+
+def format_graph(graph, annotate=None, parts=None, _names=None) -> str:
     """Text of `graph`. `annotate(node) -> str` may add a comment per node (costs, buffers);
     `parts` (e.g. ("backward",)) keeps only those parts' nodes, numbered as in the whole graph."""
-    names = _Names()
+    names = _names if _names is not None else _Names()
     lines = [f"graph {graph.name}("]
     width = 0
     rows = []

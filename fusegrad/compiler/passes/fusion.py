@@ -54,8 +54,12 @@ def _is_free(node, free_vars) -> bool:
 
 
 class _Partition:
-    def __init__(self, graph: Graph):
+    def __init__(self, graph: Graph, guard=None):
         self.graph = graph
+        # the value checked for finiteness before any parameter is overwritten (the loss): its
+        # kernel writes no aliased output and runs before every kernel that does
+        self.guard = graph.outputs[guard] if guard is not None else None
+        self.aliased = {graph.outputs[o] for o, _ in graph.aliases}
         self.nodes = list(graph.nodes)
         self.index = {n: i for i, n in enumerate(self.nodes)}
         self.producer = {v: n for n in self.nodes for v in n.outputs}
@@ -67,18 +71,17 @@ class _Partition:
             if _is_free(n, free_vars):
                 self.free.add(n)
                 free_vars.add(n.out)
-        self._find_loopable()
         # a free value is recomputed inside loop kernels only: one that a graph output or a
         # non-loop kernel needs is computed once, as an ordinary node
         changed = True
         while changed:
+            self._find_loopable()
             changed = False
             for n in list(self.free):
                 if n.out in self.outputs or any(u not in self.loopable and u not in self.free
                                                 for u in self.users.get(n.out, ())):
                     self.free.discard(n)
                     changed = True
-        self._find_loopable()
         self.group = {n: i for i, n in enumerate(self.nodes) if n not in self.free}
         self.members = {i: [n] for n, i in self.group.items()}
 
@@ -151,6 +154,9 @@ class _Partition:
         nodes = self.members[ga] + self.members[gb]
         if not all(n in self.loopable for n in nodes):
             return False
+        outs = {v for n in nodes for v in n.outputs}
+        if self.guard in outs and outs & self.aliased:
+            return False
         if self.loop_plan(nodes) is None or self.creates_cycle(nodes):
             return False
         for n in self.members[gb]:
@@ -186,6 +192,13 @@ class _Partition:
                     p = self.producer.get(v)
                     if p is not None and p in self.group and self.group[p] != g:
                         deps[g].add(self.group[p])
+        guard = self.producer.get(self.guard)
+        if guard in self.group:
+            first = self.group[guard]
+            for g, nodes in self.members.items():
+                writes = any(v in self.aliased for n in nodes for v in n.outputs)
+                if writes and g != first and not _reaches(deps, first, g):
+                    deps[g].add(first)
         order, done = [], set()
         pending = sorted(self.members, key=lambda g: self.index[self.members[g][0]])
         while pending:
@@ -198,6 +211,19 @@ class _Partition:
             else:  # pragma: no cover  (merges never create cycles)
                 raise RuntimeError("fusion produced a cycle between kernels")
         return order
+
+
+def _reaches(deps, start, target) -> bool:
+    """Does group `start` depend, directly or not, on group `target`?"""
+    stack, seen = [start], set()
+    while stack:
+        g = stack.pop()
+        if g == target:
+            return True
+        if g not in seen:
+            seen.add(g)
+            stack.extend(deps[g])
+    return False
 
 
 def _downstream_of(body, reductions):
@@ -225,7 +251,7 @@ def structural_name(kind, region: Graph) -> str:
     """Kernels with the same structure (ops, attrs, dtypes, ranks) share a name and code."""
     text = format_graph(region)
     digest = hashlib.sha1(f"{kind}\n{_strip_sizes(text)}".encode()).hexdigest()[:10]
-    return f"{kind}_{digest}"
+    return f"{kind.replace('+', '')}_{digest}"
 
 
 def _strip_sizes(text: str) -> str:
@@ -261,9 +287,10 @@ def make_kernel(part: _Partition, nodes, kind=None) -> Node:
                 region)
 
 
-def fuse(graph: Graph, multi_tensor: bool = True) -> Graph:
-    """The fused graph: kernel nodes (plus views: top-level reshapes and array constants)."""
-    part = _Partition(graph)
+def fuse(graph: Graph, multi_tensor: bool = True, guard: int | None = None) -> Graph:
+    """The fused graph: kernel nodes (plus views: top-level reshapes and array constants).
+    `guard`: index of the output (the loss) that must be known before any parameter changes."""
+    part = _Partition(graph, guard)
     part.merge_producers()
     part.merge_siblings()
     kernels = []

@@ -1,0 +1,268 @@
+"""Source of one loop kernel (elementwise, row, column, row+column) as a Numba function.
+
+    def row_6c70d0386e(R, C, a0, a1, o0, o1):      # every array flat; sizes are arguments
+        s3 = np.float32(0.03125)                    # SCALAR values: once per call
+        for i in range(R):
+            base = i * C
+            acc = ...                               # one loop over j per row reduction
+            for j in range(C): ...
+            for j in range(C):                      # then the elementwise consumers
+                o0[base + j] = ...
+
+Column reductions accumulate per-chunk partial rows (a fixed number of chunks, combined in a
+fixed order, so the result does not depend on threads) and are finished in a combine loop over
+j, where the elementwise work on their results runs too (e.g. a bias's optimizer update).
+Every operand is loaded into a local before any output is stored, which is what makes the
+memory plan's in-place writes safe. Each line names its IR value and the user's source line.
+"""
+from __future__ import annotations
+
+from ...ir.printer import short_loc
+from ..passes.loopspace import COL, FULL, ROW, SCALAR, Space, iota_index, infer_maps
+from .cpu_expr import CPU_EXPR, literal
+
+CHUNKS = 8  # column-reduction chunks: fixed, so sums never depend on the thread count
+
+
+class _Scope:
+    """Locals defined at one level of the loop nest, and the lines that define them."""
+
+    def __init__(self, level, parent=None):
+        self.level, self.parent = level, parent
+        self.names: dict = {}
+        self.lines: list[str] = []
+
+    def lookup(self, v):
+        s = self
+        while s is not None:
+            if v in s.names:
+                return s.names[v]
+            s = s.parent
+        return None
+
+    def at(self, levels):
+        s = self
+        while s is not None and s.level not in levels:
+            s = s.parent
+        return s
+
+
+def _downstream(nodes, sources):
+    tainted = set(sources)
+    for n in nodes:
+        if any(v in tainted for v in n.inputs):
+            tainted.update(n.outputs)
+    return tainted
+
+
+class LoopKernel:
+    def __init__(self, kernel, names=None, exact_math=False):
+        self.kernel = kernel
+        self.region = kernel.region
+        self.space = Space(tuple(kernel.attrs["space"]), kernel.attrs["split"])
+        self.maps, self.reductions = infer_maps(self.region.nodes, self.space)
+        self.names = names or {}
+        self.exact_math = exact_math
+        self.producer = {v: n for n in self.region.nodes for v in n.outputs}
+        self.row_reds = [n for n in self.region.nodes if self.reductions.get(n) == "row"]
+        self.col_reds = [n for n in self.region.nodes if self.reductions.get(n) == "col"]
+        self.after_col = _downstream(self.region.nodes, [n.out for n in self.col_reds])
+        self.arg = {v: f"a{k}" for k, v in enumerate(self.region.inputs)}
+        self.out_arg = {}
+        for k, v in enumerate(self.region.outputs):
+            self.out_arg.setdefault(v, []).append(f"o{k}")
+        self._tmp = 0
+
+    # ---- facts the driver needs ----
+    @property
+    def flat(self) -> bool:
+        """Only whole-array values: the driver may call it as one row of R*C elements."""
+        return (not self.reductions and all(m in (FULL, SCALAR) for m in self.maps.values())
+                and not any(n.op == "iota" for n in self.region.nodes))
+
+    @property
+    def scratch_rows(self) -> int:
+        """float64 scratch the kernel needs, in units of CHUNKS * (C or 1)."""
+        return len(self.col_reds)
+
+    # ---- emission ----
+    def _level(self, v):
+        """The loop levels where v can be computed: SCALAR once, COL per row, FULL per (i, j),
+        ROW in any loop over j; values after a column reduction only in the combine pass."""
+        m = self.maps[v]
+        if v in self.after_col:
+            return ("CS",) if m == SCALAR else ("CJ",)
+        return {SCALAR: ("S",), COL: ("I",), FULL: ("J",), ROW: ("J", "CJ")}[m]
+
+    def _comment(self, node):
+        outs = ", ".join(self.names.get(v, "%?") for v in node.outputs)
+        ins = ", ".join(self.names.get(v, "%?") for v in node.inputs)
+        loc = short_loc(node.loc)
+        return f"# {outs} = {node.op} {ins}" + (f"  ({loc})" if loc else "")
+
+    def _new(self, prefix="t"):
+        self._tmp += 1
+        return f"{prefix}{self._tmp}"
+
+    def _load(self, v, level):
+        a = self.arg[v]
+        m = self.maps[v]
+        index = {SCALAR: "0", COL: "i", ROW: "j", FULL: "base + j"}[m]
+        if level in ("S", "CS"):
+            index = "0"
+        elif level == "CJ":
+            index = "j"
+        return f"{a}[{index}]"
+
+    def need(self, v, scope):
+        """The local holding v, emitting its computation at v's own level of the nest."""
+        name = scope.lookup(v)
+        if name is not None:
+            return name
+        target = scope.at(self._level(v))
+        if target is None:
+            raise AssertionError(f"{v} is needed outside its loop level")
+        if v in self.arg:
+            name = self._new("x")
+            target.lines.append(f"{name} = {self._load(v, target.level)}  "
+                                f"# {self.names.get(v, '%?')} {v.type}")
+            target.names[v] = name
+            return name
+        node = self.producer[v]
+        dtype = v.type.dtype
+        if node.op == "constant":
+            name = literal(node.attrs["value"].array.reshape(-1)[0], dtype)
+        elif node.op == "iota":
+            index = iota_index(node, self.maps[v], self.space)
+            name = literal(0, dtype).replace("(0)", f"({index})")
+        elif node in self.reductions:
+            raise AssertionError(f"reduction result {v} used before it is computed")
+        else:
+            args = [self.need(u, target) for u in node.inputs]
+            expr = CPU_EXPR[node.op](args, node, dtype, self.exact_math)
+            if node.op in ("broadcast_to", "reshape", "stop_gradient"):
+                name = expr
+            else:
+                name = self._new()
+                target.lines.append(f"{name} = {expr}  {self._comment(node)}")
+        target.names[v] = name
+        return name
+
+    def _reduce_init(self, node):
+        dtype = node.out.type.dtype
+        if node.op == "sum":
+            return literal(0, dtype)
+        return literal(float("-inf"), dtype) if dtype.startswith("float") else \
+            literal(-(2 ** 31) if dtype == "int32" else -(2 ** 63), dtype)
+
+    @staticmethod
+    def _accumulate(op, acc, x):
+        if op == "sum":
+            return f"{acc} += {x}"
+        return f"{acc} = {x} if ({x} > {acc} or {x} != {x}) else {acc}"
+
+    def source(self, fname: str) -> str:
+        ins = [self.arg[v] for v in self.region.inputs]
+        outs = [f"o{k}" for k in range(len(self.region.outputs))]
+        params = ["R", "C", *ins, *outs] + (["scratch"] if self.col_reds else [])
+        body: list[str] = []
+        S = _Scope("S")
+        I = _Scope("I", S)  # noqa: E741
+        # SCALAR outputs that need no column reduction
+        for v, names in self.out_arg.items():
+            if self.maps[v] == SCALAR and v not in self.after_col:
+                for o in names:
+                    S.lines.append(f"{o}[0] = {self.need(v, S)}")
+        # the row body: phases for row reductions, then the elementwise pass
+        for r in self.row_reds:
+            J = _Scope("J", I)
+            acc = self._new("acc")
+            x = self.need(r.inputs[0], J)
+            block = [f"{acc} = {self._reduce_init(r)}  {self._comment(r)}",
+                     "for j in range(C):", *("    " + ln for ln in J.lines),
+                     "    " + self._accumulate(r.op, acc, x)]
+            I.lines.extend(block)
+            I.names[r.out] = acc
+        J = _Scope("J", I)
+        stores = []
+        for v, names in self.out_arg.items():
+            if self.maps[v] in (FULL, ROW) and v not in self.after_col:
+                val = self.need(v, J)
+                stores += [f"{o}[base + j] = {val}" if self.maps[v] == FULL else f"{o}[j] = {val}"
+                           for o in names]
+        col_full = [r for r in self.col_reds if self.maps[r.inputs[0]] == FULL]
+        col_scalar = [r for r in self.col_reds if self.maps[r.inputs[0]] == COL]
+        offsets = {}
+        for k, r in enumerate(col_full):
+            offsets[r] = f"{k} * nch * C"
+        for k, r in enumerate(col_scalar):
+            offsets[r] = f"{len(col_full)} * nch * C + {k} * nch"
+        for r in col_full:
+            x = self.need(r.inputs[0], J)
+            slot = f"scratch[{offsets[r]} + c * C + j]"
+            stores.append(self._accumulate(r.op, slot, x) + f"  {self._comment(r)}")
+        if J.lines or stores:
+            I.lines += ["for j in range(C):", *("    " + ln for ln in J.lines + stores)]
+        for v, names in self.out_arg.items():
+            if self.maps[v] == COL and v not in self.after_col:
+                val = self.need(v, I)
+                I.lines += [f"{o}[i] = {val}" for o in names]
+        for r in col_scalar:
+            x = self.need(r.inputs[0], I)
+            slot = f"scratch[{offsets[r]} + c]"
+            I.lines.append(self._accumulate(r.op, slot, x) + f"  {self._comment(r)}")
+
+        loops: list[str] = []
+        if self.col_reds:
+            loops += ["nch = min(R, %d)" % CHUNKS,
+                     f"for t in range({len(col_full)} * nch * C + {len(col_scalar)} * nch):",
+                     "    scratch[t] = " + ("0.0" if all(r.op == "sum" for r in self.col_reds)
+                                            else "-np.inf"),
+                     "for c in range(nch):",
+                     "    for i in range(c * R // nch, (c + 1) * R // nch):",
+                     "        base = i * C",
+                     *("        " + ln for ln in I.lines)]
+            loops += self._combine(col_full, col_scalar, offsets, S)
+        elif I.lines:
+            loops += ["for i in range(R):", "    base = i * C", *("    " + ln for ln in I.lines)]
+        body += S.lines + loops  # S last: later passes hoist scalars into it
+        lines = [f"def {fname}({', '.join(params)}):"] + ["    " + ln for ln in body]
+        if len(lines) == 1:
+            lines.append("    pass")
+        return "\n".join(lines)
+
+    def _combine(self, col_full, col_scalar, offsets, S):
+        CS = _Scope("CS", S)
+        lines = []
+        for r in col_scalar:
+            acc = self._new("acc")
+            lines += [f"{acc} = scratch[{offsets[r]}]",
+                      "for c in range(1, nch):",
+                      "    " + self._accumulate(r.op, acc, f"scratch[{offsets[r]} + c]")]
+            CS.names[r.out] = f"{_np(r.out.type.dtype)}({acc})"
+        for v, names in self.out_arg.items():
+            if self.maps[v] == SCALAR and v in self.after_col:
+                val = self.need(v, CS)
+                CS.lines += [f"{o}[0] = {val}" for o in names]
+        lines += CS.lines
+        if col_full:
+            CJ = _Scope("CJ", CS)
+            head = []
+            for r in col_full:
+                acc = self._new("acc")
+                head += [f"{acc} = scratch[{offsets[r]} + j]",
+                         "for c in range(1, nch):",
+                         "    " + self._accumulate(r.op, acc, f"scratch[{offsets[r]} + c * C + j]")]
+                CJ.names[r.out] = f"{_np(r.out.type.dtype)}({acc})"
+            stores = []
+            for v, names in self.out_arg.items():
+                if self.maps[v] in (ROW, FULL) and v in self.after_col:
+                    val = self.need(v, CJ)
+                    stores += [f"{o}[j] = {val}" for o in names]
+            lines += ["for j in range(C):", *("    " + ln for ln in head + CJ.lines + stores)]
+        return lines
+
+
+def _np(dtype):
+    return {"float32": "np.float32", "float64": "np.float64", "int32": "np.int32",
+            "int64": "np.int64", "bool": "np.bool_"}[dtype]
