@@ -11,32 +11,26 @@ import logging
 
 import numpy as np
 
+from .backend import Runner, check_target
 from .compiler.autodiff import differentiate
 from .compiler.trace import Traced, graph_inputs, has_tracer, inline, signature_key, trace
-from .ir import interpret
 from .ir.printer import format_graph
 from .pytree import TreeDef, flatten, unflatten
 
 log = logging.getLogger("fusegrad")
-
-TARGETS = ("interpret",)  # the Numba backends join this list in later issues
-
-
-def _check_target(target):
-    if target not in TARGETS:
-        raise ValueError(f"target={target!r} is not available; choose one of {TARGETS}")
-    return target
+STAGES = ("forward", "backward", "optimized", "fused")
 
 
 class CompiledFunction:
     """A traced-and-cached function. `ir()` shows its graph."""
 
-    def __init__(self, fn, target="interpret", name=None):
+    def __init__(self, fn, target=None, name=None):
         functools.update_wrapper(self, fn)
         self.fn = fn
-        self.target = _check_target(target)
+        self.target = check_target(target)
         self.name = name or getattr(fn, "__name__", "fn")
         self._cache: dict = {}
+        self._runners: dict = {}
         self._last: Traced | None = None
 
     def _build(self, args) -> Traced:
@@ -53,13 +47,19 @@ class CompiledFunction:
         self._last = entry
         return entry
 
+    def runner(self, traced: Traced) -> Runner:
+        r = self._runners.get(id(traced))
+        if r is None:
+            r = self._runners[id(traced)] = Runner(traced.graph, self.target)
+        return r
+
     def __call__(self, *args):
         traced = self.lookup(args)
         inputs = graph_inputs(traced, args)
         if has_tracer(args):
             outs = inline(traced.graph, inputs)
         else:
-            outs = interpret(traced.graph, [np.asarray(x) for x in inputs])
+            _, outs = self.runner(traced).run([np.asarray(x) for x in inputs])
         return unflatten(traced.out_tree, outs)
 
     def trace(self, *args) -> Traced:
@@ -71,18 +71,34 @@ class CompiledFunction:
         return self._last
 
     def ir(self, part: str | None = None, *args) -> str:
-        """Text of the traced graph; `part` = "forward" or "backward" shows only that part."""
-        graph = self.trace(*args).graph
+        """Text of the traced graph; `part` = "forward" or "backward" shows only that part,
+        "optimized" / "fused" the compiler's stages."""
+        traced = self.trace(*args)
+        graph = traced.graph
         if part is None:
             return str(graph)
+        if part not in STAGES:
+            raise ValueError(f"part must be one of {STAGES}, got {part!r}")
+        if part in ("optimized", "fused"):
+            from .compiler.dump import format_fused
+
+            program = self.runner(traced).program
+            return str(program.optimized) if part == "optimized" else format_fused(program.fused)
         return format_graph(graph, parts=(part,))
+
+    def source(self, *args) -> str:
+        """The generated Numba module (driver and kernels) for the last (or given) signature."""
+        return self.runner(self.trace(*args)).source()
+
+    def stats(self, *args) -> dict:
+        return self.runner(self.trace(*args)).stats()
 
     @property
     def cache_size(self) -> int:
         return len(self._cache)
 
 
-def jit(fn=None, *, target="interpret"):
+def jit(fn=None, *, target=None):
     """Compile `fn` (decorator or call). Forward only; see grad/train_step for training."""
     if fn is None:
         return lambda f: CompiledFunction(f, target=target)
@@ -112,7 +128,7 @@ def _without_static(tree: TreeDef, is_array: list) -> TreeDef:
 class GradFunction(CompiledFunction):
     """fg.grad / fg.value_and_grad: the joint forward+backward graph of a scalar function."""
 
-    def __init__(self, fn, argnums=0, has_aux=False, with_value=False, target="interpret"):
+    def __init__(self, fn, argnums=0, has_aux=False, with_value=False, target=None):
         super().__init__(fn, target=target)
         self.single = isinstance(argnums, int)
         self.argnums = (argnums,) if self.single else tuple(argnums)
@@ -155,7 +171,7 @@ class GradFunction(CompiledFunction):
         return Traced(joint, fwd.in_tree, out_tree, fwd.static, fwd.array_leaves)
 
 
-def grad(fn, argnums=0, has_aux=False, *, target="interpret"):
+def grad(fn, argnums=0, has_aux=False, *, target=None):
     """Gradient of scalar `fn` with respect to argument(s) `argnums`, as pytrees like them.
     With has_aux=True, fn returns (loss, aux) and grad returns (grads, aux)."""
     g = GradFunction(fn, argnums, has_aux, with_value=has_aux, target=target)
@@ -171,6 +187,6 @@ def grad(fn, argnums=0, has_aux=False, *, target="interpret"):
     return grads_and_aux
 
 
-def value_and_grad(fn, argnums=0, has_aux=False, *, target="interpret"):
+def value_and_grad(fn, argnums=0, has_aux=False, *, target=None):
     """(value, grads) of scalar `fn`; value is (loss, aux) when has_aux=True."""
     return GradFunction(fn, argnums, has_aux, with_value=True, target=target)

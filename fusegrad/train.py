@@ -15,16 +15,15 @@ import logging
 
 import numpy as np
 
-from .api import _check_target
+from .backend import Runner, check_target
 from .compiler.step import StepGraph, build_step_graph
 from .compiler.trace import graph_inputs, is_static_leaf, signature_key
-from .ir import interpret
 from .ir.printer import format_graph
 from .pytree import flatten, leaf_paths, unflatten
 
 log = logging.getLogger("fusegrad")
 
-STAGES = ("forward", "backward", "update", "step")
+STAGES = ("forward", "backward", "update", "step", "optimized", "fused")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -57,14 +56,19 @@ class TrainStep:
     """A compiled training step. Call it as `step(params, *batch)`."""
 
     def __init__(self, loss_fn, optimizer, has_aux=False, trainable=None, seed=0,
-                 target="interpret"):
+                 target=None):
         functools.update_wrapper(self, loss_fn)
         self.loss_fn = loss_fn
         self.optimizer = optimizer
         self.has_aux = has_aux
         self.trainable = trainable
         self.seed = int(seed)
-        self.target = _check_target(target)
+        self.target = check_target(target)
+        # runtime scalars live in arrays the compiled step reads each call (no allocation)
+        self._lr = np.zeros((), np.float64)
+        self._t = np.zeros((), np.int64)
+        self._key = np.zeros((), np.int64)
+        self._runners: dict = {}
         self.name = getattr(loss_fn, "__name__", "loss")
         try:
             self.takes_key = "key" in inspect.signature(loss_fn).parameters
@@ -122,27 +126,40 @@ class TrainStep:
         t = self.t + 1
         lr = self.optimizer.lr(t) if callable(self.optimizer.lr) else self.optimizer.lr
         # the key is the traced function's last argument (see build_step_graph)
-        key = (step_key(self.seed, t),) if self.takes_key else ()
+        if self.takes_key:
+            self._key[()] = step_key(self.seed, t)
+        key = (self._key,) if self.takes_key else ()
         inputs = list(graph_inputs(prog.traced, (params,) + batch + key))
         trained_leaves = [prog.traced.array_leaves[k] for k in prog.trained]
         for i in trained_leaves:
             inputs += [self._slots[s][i] for s in prog.slots]
-        inputs += [np.float64(lr), np.int64(t)]
-        outs = interpret(prog.graph, [np.asarray(x) for x in inputs])
+        self._lr[()] = lr
+        self._t[()] = t
+        inputs += [self._lr, self._t]
+        runner = self._runner(prog)
+        n_aux = prog.aux_tree.num_leaves if self.has_aux else 0
+        in_place = runner.build is not None  # the compiled step writes params and state itself
+        ok, outs = runner.run(inputs, want=range(1 + n_aux) if in_place else None)
         loss = outs[0]
-        if not np.all(np.isfinite(loss)):
+        if not ok:
             raise NonFiniteLossError(
                 f"{self.name}: the loss is {loss} at step {t}; the update was not applied, so "
                 f"the parameters and optimizer state are those from before this step"
             )
-        self._commit(prog, leaves, outs, trained_leaves)
+        if not in_place:
+            self._commit(prog, leaves, outs, trained_leaves)
         self.t = t
         self._params = params
         loss = loss[()]
         if self.has_aux:
-            n_aux = prog.aux_tree.num_leaves
             return loss, unflatten(prog.aux_tree, outs[1:1 + n_aux])
         return loss
+
+    def _runner(self, prog) -> Runner:
+        r = self._runners.get(id(prog))
+        if r is None:
+            r = self._runners[id(prog)] = Runner(prog.graph, self.target, guard=0)
+        return r
 
     def _commit(self, prog, leaves, outs, trained_leaves):
         graph = prog.graph
@@ -157,15 +174,51 @@ class TrainStep:
                 self._slots[s][leaf] = outs[out_of_input[k]]
 
     # ---- inspection ----
-    def ir(self, stage: str = "step") -> str:
-        """Text of a stage: "forward", "backward", "update" or the whole "step"."""
-        if stage not in STAGES:
-            raise ValueError(f"stage must be one of {STAGES} (later stages arrive with the "
-                             f"optimizing compiler), got {stage!r}")
+    def _require(self) -> StepGraph:
         if self._last is None:
             raise RuntimeError("the step has not been compiled yet: call it once first")
-        graph = self._last.graph
+        return self._last
+
+    def ir(self, stage: str = "step") -> str:
+        """Text of a stage: "forward", "backward", "update", the whole "step", or the
+        compiler's "optimized" and "fused" graphs."""
+        if stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+        prog = self._require()
+        if stage in ("optimized", "fused"):
+            from .compiler.dump import format_fused
+
+            program = self._runner(prog).program
+            return str(program.optimized) if stage == "optimized" else format_fused(program.fused)
+        graph = prog.graph
         return str(graph) if stage == "step" else format_graph(graph, parts=(stage,))
+
+    def memory_plan(self) -> str:
+        """The memory plan of the step, buffer by buffer."""
+        return str(self._runner(self._require()).program.plan)
+
+    def source(self) -> str:
+        """The generated Numba module: the driver and every kernel."""
+        return self._runner(self._require()).source()
+
+    def stats(self) -> dict:
+        """kernels, peak_bytes, naive_bytes, compile time and cache figures of the last step."""
+        return self._runner(self._require()).stats()
+
+    def dump(self, directory) -> str:
+        """Write every stage, the DOT graph, the kernel source and the memory plan."""
+        from pathlib import Path
+
+        from .compiler.dump import dump_program
+
+        runner = self._runner(self._require())
+        program = runner.program
+        folder = dump_program(directory, self.name, program.fused, program.plan,
+                              source=runner.source())
+        for stage in ("forward", "backward", "update", "step", "optimized"):
+            (Path(folder) / f"{stage}.txt").write_text(self.ir(stage) + "\n")
+        (Path(folder) / "step.dot").write_text(self._last.graph.to_dot() + "\n")
+        return str(folder)
 
     @property
     def state(self) -> dict:
@@ -217,7 +270,7 @@ class TrainStep:
 
 
 def train_step(loss_fn=None, optimizer=None, *, has_aux=False, trainable=None, seed=0,
-               target="interpret"):
+               target=None):
     """Compile a training step; usable as fg.train_step(loss_fn, opt) or
     @fg.train_step(optimizer=opt)."""
     if optimizer is None and loss_fn is not None and not callable(loss_fn):

@@ -4,6 +4,8 @@ DOCSTRING_PLACEHOLDER
 """
 from __future__ import annotations
 
+import math
+
 import numba
 import numpy as np
 from llvmlite import ir
@@ -12,8 +14,9 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 __all__ = [
-    "FLAGS", "APPROX", "NUMPY",
+    "FLAGS", "APPROX", "EXACT",
     "exp_f32", "log_f32", "tanh_f32", "sigmoid_f32", "erf_f32",
+    "exp_exact", "log_exact", "tanh_exact", "sigmoid_exact", "erf_exact",
     "bitcast_f32_i32", "bitcast_i32_f32",
 ]
 
@@ -150,6 +153,32 @@ def _mantissa(typingctx, x):
     return types.float32(types.float32), codegen
 
 
+@intrinsic
+def _max(typingctx, a, b):
+    """a if a > b else b, as one select (maps to maxps). NaN in a gives b."""
+    if not (_is_f32(a) and _is_f32(b)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        a, b = args
+        return builder.select(builder.fcmp_ordered(">", a, b), a, b)
+
+    return types.float32(types.float32, types.float32), codegen
+
+
+@intrinsic
+def _min(typingctx, a, b):
+    """a if a < b else b, as one select (maps to minps). NaN in a gives b."""
+    if not (_is_f32(a) and _is_f32(b)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        a, b = args
+        return builder.select(builder.fcmp_ordered("<", a, b), a, b)
+
+    return types.float32(types.float32, types.float32), codegen
+
+
 def _jit(fn):
     return numba.njit(inline="always", fastmath=set(FLAGS), error_model="numpy", cache=True)(fn)
 
@@ -178,8 +207,7 @@ _EP5 = _f(5.0000001201e-1)
 def exp_f32(x):
     """exp(x) for float32 x (see the module docstring for accuracy and special values)."""
     x = np.float32(x)
-    xc = x if x > _EXP_LO else _EXP_LO          # also maps nan -> _EXP_LO (fixed below)
-    xc = xc if xc < _EXP_HI else _EXP_HI
+    xc = _min(_max(x, _EXP_LO), _EXP_HI)        # nan -> _EXP_HI (fixed below)
     n = _rint(xc * _LOG2E)
     r = _fmuladd(n, -_LN2_HI, xc)               # exact (Sterbenz + exact product)
     r = _fmuladd(n, -_LN2_LO, r)
@@ -262,8 +290,7 @@ _TB6 = _f(1.19825839466702e-06)
 def tanh_f32(x):
     """tanh for float32 x (see the module docstring for accuracy and special values)."""
     x = np.float32(x)
-    xc = x if x < _TANH_CLAMP else _TANH_CLAMP
-    xc = xc if xc > -_TANH_CLAMP else -_TANH_CLAMP
+    xc = _max(_min(x, _TANH_CLAMP), -_TANH_CLAMP)
     x2 = xc * xc
     p = _fmuladd(x2, _TA13, _TA11)
     p = _fmuladd(x2, p, _TA9)
@@ -275,8 +302,7 @@ def tanh_f32(x):
     q = _fmuladd(x2, q, _TB2)
     q = _fmuladd(x2, q, _TB0)
     y = xc * (p / q)
-    y = y if y < _ONE else _ONE
-    y = y if y > -_ONE else -_ONE
+    y = _max(_min(y, _ONE), -_ONE)
     return x if abs(x) < _TANH_TINY or x != x else y
 
 
@@ -291,48 +317,110 @@ def sigmoid_f32(x):
 
 
 # ---- erf ----
-# Eigen's generic_fast_erf_float: erf(x) = x * P(x^2) / Q(x^2) on [-4, 4], +-1 outside.
-_ERF_CLAMP = _f(4.0)
-_EA1 = _f(-1.60960333262415e-02)
-_EA3 = _f(-2.95459980854025e-03)
-_EA5 = _f(-7.34990630326855e-04)
-_EA7 = _f(-5.69250639462346e-05)
-_EA9 = _f(-2.10102402082508e-06)
-_EA11 = _f(2.77068142495902e-08)
-_EA13 = _f(-2.72614225801306e-10)
-_EB0 = _f(-1.42647390514189e-02)
-_EB2 = _f(-7.37332916720468e-03)
-_EB4 = _f(-1.68282697438203e-03)
-_EB6 = _f(-2.13374055278905e-04)
-_EB8 = _f(-1.45660718464996e-05)
-
+# Two polynomial pieces, both evaluated and selected (no division, no exp):
+#   |x| < 1:        erf(x) = x * PA(x^2)                 (relative error, accurate down to subnormals)
+#   1 <= |x| < c:   erf(x) = sign(x) * (1 - PB(|x| - m))  (PB ~ erfc; absolute error)
+#   |x| >= c:       erf(x) = sign(x)   (float32(erf(x)) == 1 from x = 3.9192064 on)
+# Coefficients: weighted least squares on Chebyshev nodes with Lawson iterations (near-minimax),
+# rounded to float32 one coefficient at a time with the rest refitted (fusegrad's own fit).
+_ERF_SPLIT = _ONE
+_ERF_CLAMP = _f(3.92)
+_ERF_MID = _f(2.4600000381469727)
+_EA0 = _f(1.1283791065216064)
+_EA1 = _f(-0.37612223625183105)
+_EA2 = _f(0.11279039829969406)
+_EA3 = _f(-0.026664158329367638)
+_EA4 = _f(0.004828662611544132)
+_EA5 = _f(-0.0004855055012740195)
+_EA6 = _f(-2.5518369511701167e-05)
+_EB0 = _f(0.0005033267079852521)
+_EB1 = _f(-0.002656192984431982)
+_EB2 = _f(0.006535761523991823)
+_EB3 = _f(-0.009832993149757385)
+_EB4 = _f(0.009904828853905201)
+_EB5 = _f(-0.006797656882554293)
+_EB6 = _f(0.002963503822684288)
+_EB7 = _f(-0.0004621628613676876)
+_EB8 = _f(-0.0003911262610927224)
+_EB9 = _f(0.0003016730770468712)
+_EB10 = _f(-5.1668990636244416e-05)
+_EB11 = _f(-2.5420013116672635e-05)
+_EB12 = _f(9.125133146881126e-06)
 
 @_jit
 def erf_f32(x):
     """erf for float32 x (see the module docstring for accuracy and special values)."""
     x = np.float32(x)
-    xc = x if x < _ERF_CLAMP else _ERF_CLAMP
-    xc = xc if xc > -_ERF_CLAMP else -_ERF_CLAMP
-    x2 = xc * xc
-    p = _fmuladd(x2, _EA13, _EA11)
-    p = _fmuladd(x2, p, _EA9)
-    p = _fmuladd(x2, p, _EA7)
-    p = _fmuladd(x2, p, _EA5)
-    p = _fmuladd(x2, p, _EA3)
-    p = _fmuladd(x2, p, _EA1)
-    q = _fmuladd(x2, _EB8, _EB6)
-    q = _fmuladd(x2, q, _EB4)
-    q = _fmuladd(x2, q, _EB2)
-    q = _fmuladd(x2, q, _EB0)
-    y = xc * (p / q)
-    y = y if y < _ONE else _ONE
-    y = y if y > -_ONE else -_ONE
+    ax = abs(x)
+    # |x| < 1: x * PA(x^2)
+    xa = x if ax < _ERF_SPLIT else _ZERO
+    u = xa * xa
+    pa = _fmuladd(u, _EA6, _EA5)
+    pa = _fmuladd(u, pa, _EA4)
+    pa = _fmuladd(u, pa, _EA3)
+    pa = _fmuladd(u, pa, _EA2)
+    pa = _fmuladd(u, pa, _EA1)
+    pa = _fmuladd(u, pa, _EA0)
+    ya = xa * pa
+    # 1 <= |x|: 1 - PB(|x| - m), clamped where erf rounds to 1
+    t = _min(ax, _ERF_CLAMP) - _ERF_MID
+    pb = _fmuladd(t, _EB12, _EB11)
+    pb = _fmuladd(t, pb, _EB10)
+    pb = _fmuladd(t, pb, _EB9)
+    pb = _fmuladd(t, pb, _EB8)
+    pb = _fmuladd(t, pb, _EB7)
+    pb = _fmuladd(t, pb, _EB6)
+    pb = _fmuladd(t, pb, _EB5)
+    pb = _fmuladd(t, pb, _EB4)
+    pb = _fmuladd(t, pb, _EB3)
+    pb = _fmuladd(t, pb, _EB2)
+    pb = _fmuladd(t, pb, _EB1)
+    pb = _fmuladd(t, pb, _EB0)
+    yb = _ONE - pb
+    yb = yb if ax < _ERF_CLAMP else _ONE
+    yb = yb if x > _ZERO else -yb
+    y = ya if ax < _ERF_SPLIT else yb
     return y if x == x else x
 
 
-#: Name -> fast approximation, for the code generator.
+# ---- libm-based references (the "exact" math) ----
+# float32 libm calls (expf, logf, tanhf, erff): correctly rounded or within 1 ulp, but scalar calls
+# that block loop vectorisation (no SVML here) and run 5-30x slower than the approximations.
+def _jit_exact(fn):
+    return numba.njit(inline="always", error_model="numpy", cache=True)(fn)
+
+
+@_jit_exact
+def exp_exact(x):
+    return np.exp(np.float32(x))
+
+
+@_jit_exact
+def log_exact(x):
+    return np.log(np.float32(x))
+
+
+@_jit_exact
+def tanh_exact(x):
+    return np.tanh(np.float32(x))
+
+
+@_jit_exact
+def sigmoid_exact(x):
+    x = np.float32(x)
+    e = np.exp(-abs(x))
+    r = _ONE / (_ONE + e)
+    return r if x >= _ZERO else (e * r if x < _ZERO else x)
+
+
+@_jit_exact
+def erf_exact(x):
+    return np.float32(math.erf(np.float32(x)))
+
+
+#: Name -> fast vectorisable approximation, for the code generator.
 APPROX = {"exp": exp_f32, "log": log_f32, "tanh": tanh_f32, "sigmoid": sigmoid_f32, "erf": erf_f32}
 
-#: Name -> the NumPy spelling of the exact (libm-based) version, for comparisons and fallbacks.
-NUMPY = {"exp": "np.exp", "log": "np.log", "tanh": "np.tanh",
-         "sigmoid": "1 / (1 + np.exp(-x))", "erf": "math.erf"}
+#: Name -> libm-based version (same call signature), for an exact-math mode and for comparisons.
+EXACT = {"exp": exp_exact, "log": log_exact, "tanh": tanh_exact, "sigmoid": sigmoid_exact,
+         "erf": erf_exact}

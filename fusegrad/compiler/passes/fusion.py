@@ -65,6 +65,13 @@ class _Partition:
         self.producer = {v: n for n in self.nodes for v in n.outputs}
         self.users = graph.users()
         self.outputs = set(graph.outputs)
+        self.guard_cone = set()  # the nodes the guard value depends on
+        stack = [self.guard] if self.guard is not None else []
+        while stack:
+            p = self.producer.get(stack.pop())
+            if p is not None and p not in self.guard_cone:
+                self.guard_cone.add(p)
+                stack.extend(p.inputs)
         free_vars: set = set()
         self.free = set()
         for n in self.nodes:
@@ -106,10 +113,11 @@ class _Partition:
         return sorted(set(nodes) | self.closure(nodes), key=self.index.__getitem__)
 
     def outputs_of(self, nodes):
-        inside = set(nodes)
+        """Values of `nodes` needed elsewhere: graph outputs, and values read outside the
+        kernel's body (a free node recomputed in another kernel counts as outside)."""
+        inside = set(nodes) | self.closure(nodes)
         return [v for n in nodes for v in n.outputs
-                if v in self.outputs or any(u not in inside and u not in self.free
-                                            for u in self.users.get(v, ()))]
+                if v in self.outputs or any(u not in inside for u in self.users.get(v, ()))]
 
     def loop_plan(self, nodes):
         """(space, maps, reductions) if `nodes` can form one loop kernel, else None."""
@@ -154,8 +162,8 @@ class _Partition:
         nodes = self.members[ga] + self.members[gb]
         if not all(n in self.loopable for n in nodes):
             return False
-        outs = {v for n in nodes for v in n.outputs}
-        if self.guard in outs and outs & self.aliased:
+        if self.aliased & {v for n in nodes for v in n.outputs} and \
+                any(n in self.guard_cone for n in nodes):
             return False
         if self.loop_plan(nodes) is None or self.creates_cycle(nodes):
             return False

@@ -1,0 +1,87 @@
+"""Running a traced graph on a target: the Numba CPU backend or the reference interpreter.
+
+    runner = Runner(graph, target="cpu", guard=0)
+    ok, outputs = runner.run(inputs)
+
+"cpu" compiles the graph (passes, fusion, memory plan, generated Numba code); "interpret" runs
+the traced graph op by op with NumPy: the oracle every compiled result is tested against.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .compiler.pipeline import Program, compile_graph
+from .ir import interpret
+
+TARGETS = ("cpu", "interpret")
+
+
+def default_target() -> str:
+    return os.environ.get("FUSEGRAD_TARGET", "cpu")
+
+
+def check_target(target):
+    target = target or default_target()
+    if target == "cuda":
+        raise ValueError("target='cuda' is not available yet: the CUDA backend has not landed; "
+                         "use target='cpu'")
+    if target not in TARGETS:
+        raise ValueError(f"target={target!r} is not available; choose one of {TARGETS}")
+    return target
+
+
+def exact_math() -> bool:
+    return os.environ.get("FUSEGRAD_EXACT_MATH", "") not in ("", "0")
+
+
+class Runner:
+    def __init__(self, graph, target="cpu", guard=None):
+        self.graph = graph
+        self.target = check_target(target)
+        self.guard = guard
+        self._program: Program | None = None
+        self.code = None
+        self.build = None
+        if self.target == "cpu":
+            from .compiler.codegen.cpu import generate_cpu
+            from .runtime.cpu import CpuBuild
+
+            self.code = generate_cpu(self.program, exact_math=exact_math(), guard=guard)
+            self.build = CpuBuild(self.program, self.code)
+
+    @property
+    def program(self) -> Program:
+        """The compiled program (built on first use for the interpreter target)."""
+        if self._program is None:
+            self._program = compile_graph(self.graph, guard=self.guard)
+        return self._program
+
+    def run(self, inputs, want=None):
+        """-> (ok, outputs): the outputs listed in `want` (all by default). ok is False when
+        the guard output (the loss) was not finite; then nothing was written in place."""
+        want = range(len(self.graph.outputs)) if want is None else want
+        if self.build is None:
+            outs = interpret(self.graph, [np.asarray(x) for x in inputs])
+            ok = self.guard is None or bool(np.all(np.isfinite(outs[self.guard])))
+            return ok, [outs[k] for k in want]
+        ok = self.build.run(inputs)
+        exe = self.build.executable
+        return ok, [exe.output(k) for k in want]
+
+    def source(self) -> str:
+        from .compiler.codegen.cpu import generate_cpu, render_source
+
+        code = self.code or generate_cpu(self.program, exact_math=exact_math(), guard=self.guard)
+        return render_source(code)
+
+    def stats(self) -> dict:
+        s = dict(self.program.stats(), target=self.target)
+        if self.build is not None:
+            s.update(compile_seconds=self.build.compile_seconds,
+                     load_seconds=self.build.load_seconds, cache_hit=self.build.cache_hit,
+                     cache=self.build.cache_reason, kernel_files=self.build.kernel_files,
+                     kernel_files_reused=self.build.kernel_files_reused,
+                     driver=self.build.driver_path)
+        return s

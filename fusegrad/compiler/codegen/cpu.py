@@ -1,0 +1,230 @@
+"""CPU code generation: a fused Program -> Numba source (kernel modules + one driver).
+
+Loop kernels become `@njit` functions in files of their own, named by their structural hash
+(`row_6c70d0386e.py`): sizes are arguments, so the three identical layers of an MLP, or two
+models with the same layer, share one compiled kernel, and a new batch size compiles nothing.
+GEMMs and data movement call the fixed library kernels of cpu_library. The driver runs the
+schedule: it slices every value's buffer out of the arena, calls the kernels in order, checks
+the loss before any parameter is overwritten, and copies back what could not be in place. All
+shape-dependent numbers live in its `dims` table, so its text depends only on the structure.
+
+Kernel files carry structural comments (region-local names); the driver's lines name the IR
+values and the user's source lines, and `render_source()` shows the kernels with those too.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from math import prod
+
+from ...ir.printer import short_loc, var_names
+from .cpu_expr import literal  # noqa: F401  (re-exported for tests)
+from .cpu_loops import LoopKernel
+from .cpu_movement import MOVEMENT
+
+LOOP_KINDS = ("elementwise", "row", "column", "row+column")
+KERNEL_HEADER = '''"""fusegrad kernel {name}: {kind} loop over a 2-D space (R, C). Generated; do not edit."""
+import math
+
+import numpy as np
+from numba import njit
+
+from fusegrad.compiler.codegen.cpu_math import erf_f32, exp_f32, log_f32, sigmoid_f32, tanh_f32
+
+
+# fast-math that keeps NaN/inf semantics: reassociation (vectorised reductions), contraction
+@njit(cache=True, fastmath={{"reassoc", "contract", "nsz", "arcp", "afn"}}, error_model="numpy",
+      nogil=True)
+'''
+NP_VIEW = {"float32": "np.float32", "float64": "np.float64", "int32": "np.int32",
+           "int64": "np.int64", "bool": "np.bool_"}
+
+
+@dataclass
+class GeneratedCode:
+    kernels: dict  # structural name -> kernel module source (what goes on disk)
+    driver: str  # the driver module source
+    dims: list  # the driver's size table for this signature
+    scratch_elements: int  # float64 scratch the column kernels need
+    readable: dict = field(default_factory=dict)  # name -> kernel source with this program's names
+
+
+class _Dims:
+    def __init__(self):
+        self.values: list[int] = []
+
+    def __call__(self, *values) -> str:
+        k = len(self.values)
+        self.values.extend(int(v) for v in values)
+        return f"dims[{k}]" if len(values) == 1 else f"dims[{k}:{k + len(values)}]"
+
+
+def _region_names(region) -> dict:
+    """Structural names for a kernel file: r0, r1, ... in definition order."""
+    names = {v: f"r{k}" for k, v in enumerate(region.inputs)}
+    for n in region.nodes:
+        for v in n.outputs:
+            names[v] = f"r{len(names)}"
+    return names
+
+
+class _Driver:
+    def __init__(self, program, exact_math=False, guard=None):
+        self.program = program
+        self.fused = program.fused
+        self.plan = program.plan
+        self.names = var_names(self.fused)
+        self.exact_math = exact_math
+        self.guard = guard
+        self.dims = _Dims()
+        self.ref: dict = {}
+        self.lines: list[str] = []
+        self.kernels: dict = {}
+        self.readable: dict = {}
+        self.imports: set = set()
+        self.scratch = 0
+
+    def value(self, v) -> str:
+        return self.ref[v]
+
+    def define_values(self):
+        for k, v in enumerate(self.fused.inputs):
+            self.ref[v] = f"i{k}"
+        consts = [n for n in self.fused.nodes if n.op == "constant"]
+        for k, n in enumerate(consts):
+            self.ref[n.out] = f"c{k}"
+        for n in self.fused.nodes:
+            for v in n.outputs:
+                kind, where = self.plan.storage[v]
+                if kind == "arena":
+                    name = f"v{self.names[v][1:]}"
+                    start = self.dims(where.offset)
+                    stop = self.dims(where.offset + v.type.nbytes)
+                    self.lines.append(f"{name} = arena[{start}:{stop}].view({NP_VIEW[v.dtype]})"
+                                      f"  # {self.names[v]} {v.type} in buf{where.index}")
+                    self.ref[v] = name
+                elif kind == "input":
+                    self.ref[v] = f"i{where}"
+                elif kind == "view":
+                    self.ref[v] = self.ref[where]
+        return consts
+
+    def emit_kernel(self, node, env):
+        """Lines calling `node`; env maps its operands (outer Vars) to driver names."""
+        kind = node.attrs["kind"]
+        ins = [env(v) for v in node.inputs]
+        outs = [env(v) for v in node.outputs]
+        if kind == "multi":
+            inner = dict(zip(node.region.inputs, node.inputs))
+            inner.update(zip(node.region.outputs, node.outputs))
+            for k in node.region.nodes:
+                self.emit_kernel(k, lambda v, inner=inner: env(inner[v]))
+            return
+        comment = f"  # {', '.join(self.names.get(v, '%?') for v in node.outputs)} = {kind}"
+        loc = short_loc(node.loc)
+        comment += f" ({loc})" if loc else ""
+        if kind in LOOP_KINDS:
+            self.emit_loop(node, ins, outs, comment)
+        elif kind == "gemm":
+            self.emit_gemm(node.region.nodes[0], ins, outs, comment)
+        else:
+            (prim,) = node.region.nodes
+            emitter = MOVEMENT.get(prim.op)
+            if emitter is None:
+                raise NotImplementedError(f"no CPU emitter for a lone {prim.op} kernel")
+            lines = emitter(prim, ins, outs[0], self.dims)
+            self.lines += [lines[0] + comment] + lines[1:]
+            self.imports.add(lines[0].split("(")[0])
+            for ln in lines[1:]:
+                self.imports.add(ln.split("(")[0])
+
+    def emit_loop(self, node, ins, outs, comment):
+        name = node.attrs["name"]
+        kernel = LoopKernel(node, _region_names(node.region), self.exact_math)
+        if name not in self.kernels:
+            self.kernels[name] = (KERNEL_HEADER.format(name=name, kind=node.attrs["kind"])
+                                  + kernel.source(name) + "\n")
+            shown = LoopKernel(node, self._readable_names(node), self.exact_math)
+            self.readable[name] = shown.source(name)
+        space = kernel.space
+        R, C = (1, space.R * space.C) if kernel.flat else (space.R, space.C)
+        args = [self.dims(R), self.dims(C), *ins, *outs]
+        if kernel.col_reds:
+            args.append("scratch")
+            self.scratch = max(self.scratch, len(kernel.col_reds) * min(R, 8) * max(C, 1))
+        self.imports.add(name)
+        self.lines.append(f"{name}({', '.join(args)}){comment}")
+
+    def _readable_names(self, node):
+        """This program's %N names for the region's values (for render_source)."""
+        return {v: self.names.get(v, "%?") for v in (*node.region.inputs,
+                                                       *(u for n in node.region.nodes
+                                                         for u in n.outputs))}
+
+    def emit_gemm(self, mm, ins, outs, comment):
+        a, b = mm.inputs
+        ta, tb = mm.attrs["transpose_a"], mm.attrs["transpose_b"]
+        m, n = mm.out.shape[-2:]
+        k = a.shape[-2] if ta else a.shape[-1]
+        batch_shape = mm.out.shape[:-2]
+        batch = prod(batch_shape)
+        for x in (a, b):
+            own = x.shape[:-2]
+            if prod(own) not in (1, batch) or (prod(own) == batch and
+                                               (1,) * (len(batch_shape) - len(own)) + own
+                                               != batch_shape):
+                raise NotImplementedError(f"matmul batch broadcasting {a.type} @ {b.type}")
+        fn = "gemm" if mm.out.dtype.startswith("float") else "gemm_loops"
+        self.imports.add(fn)
+        sizes = ", ".join(self.dims(v) for v in (batch, prod(a.shape[:-2]), prod(b.shape[:-2]),
+                                                  m, n, k))
+        self.lines.append(f"{fn}({ins[0]}, {ins[1]}, {outs[0]}, {sizes}, {ta}, {tb}){comment}")
+
+    def generate(self) -> GeneratedCode:
+        consts = self.define_values()
+        aliased_writes = {v for v, (kind, _) in self.plan.storage.items() if kind == "input"}
+        guard_var = self.fused.outputs[self.guard] if self.guard is not None else None
+        for node in self.fused.nodes:
+            if node.op != "kernel":
+                continue
+            self.emit_kernel(node, self.value)
+            if guard_var is not None and guard_var in node.outputs:
+                self.lines.append(f"if not np.isfinite({self.value(guard_var)}[0]):"
+                                  f"  # the loss: stop before any parameter is overwritten")
+                self.lines.append("    return False")
+                guard_var = None
+            elif guard_var is not None and aliased_writes & set(node.outputs):
+                raise AssertionError("a parameter is overwritten before the loss is checked")
+        for o, i in self.plan.copies_back:
+            self.lines.append(f"i{i}[:] = {self.value(self.fused.outputs[o])}"
+                              f"  # {self.fused.output_names[o]} (not in place)")
+        self.lines.append("return True")
+        params = ["arena", "dims", "scratch", *(f"i{k}" for k in range(len(self.fused.inputs))),
+                  *(f"c{k}" for k in range(len(consts)))]
+        kernel_imports = sorted(n for n in self.imports if n in self.kernels)
+        library = sorted(n for n in self.imports if n not in self.kernels)
+        header = [f'"""fusegrad driver for {self.fused.name}: {len(self.fused.nodes)} steps. '
+                  f'Generated; do not edit."""',
+                  "import numpy as np", "from numba import njit", ""]
+        if library:
+            header.append(f"from fusegrad.compiler.codegen.cpu_library import "
+                          f"{', '.join(library)}")
+        header += [f"from fusegrad_kernels.{n} import {n}" for n in kernel_imports]
+        inputs_doc = [f"# i{k}: {self.fused.input_names[k]} {v.type}"
+                      for k, v in enumerate(self.fused.inputs)]
+        body = ["", "", *inputs_doc, "@njit(cache=True, nogil=True)",
+                f"def run({', '.join(params)}):", *("    " + ln for ln in self.lines), ""]
+        return GeneratedCode(self.kernels, "\n".join(header + body), self.dims.values,
+                             self.scratch, self.readable)
+
+
+def generate_cpu(program, exact_math=False, guard=None) -> GeneratedCode:
+    """Kernel modules and the driver module for `program` (see module docstring)."""
+    return _Driver(program, exact_math, guard).generate()
+
+
+def render_source(code: GeneratedCode) -> str:
+    """The driver and every kernel, the kernels commented with this program's IR names."""
+    parts = [code.driver]
+    for name in sorted(code.readable):
+        parts.append(f"# ---- kernel {name} ----\n" + code.readable[name])
+    return "\n\n".join(parts) + "\n"
