@@ -160,12 +160,15 @@ def test_has_aux_step_in_fit():
     params = make_params()
     history = fg.fit(step, params, batches(2), epochs=2, progress=False)
     assert len(history["loss"]) == 4 and all(isinstance(v, float) for v in history["loss"])
-    # the same losses and parameters as the step without aux
+    # the same losses and parameters as the step without aux, to float32 rounding: returning
+    # the logits changes which values the compiled step keeps, so its kernels (and the order
+    # of float32 sums) may differ
     plain = make_params()
     plain_history = fg.fit(fg.train_step(loss_fn, fg.optim.Adam(lr=0.01)), plain, batches(2),
                            epochs=2, progress=False)
-    assert history["loss"] == plain_history["loss"]
-    assert_params_equal(params, plain)
+    np.testing.assert_allclose(history["loss"], plain_history["loss"], rtol=1e-6)
+    for k in params:
+        np.testing.assert_allclose(params[k], plain[k], rtol=1e-5, atol=1e-7, err_msg=k)
     loss_value, aux = step(params, *batches(1)[0])  # the step itself returns (loss, aux)
     assert aux["logits"].shape == (8, 3) and np.ndim(loss_value) == 0
 

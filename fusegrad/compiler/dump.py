@@ -1,6 +1,7 @@
 """Writing a compiled program's stages to a folder (FUSEGRAD_DUMP=dir or step.dump(dir))."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from ..ir.printer import format_graph
@@ -20,7 +21,8 @@ def format_fused(fused) -> str:
 
 
 def dump_program(directory, name, fused, plan, source=None) -> Path:
-    folder = Path(directory) / name
+    # the same folder name the pass manager uses for this graph's pass dumps
+    folder = Path(directory) / (re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "graph")
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "90_fused.txt").write_text(format_fused(fused) + "\n")
     (folder / "91_memory_plan.txt").write_text(str(plan) + "\n")

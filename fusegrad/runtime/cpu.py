@@ -35,7 +35,7 @@ def output_storage(fused, plan):
         if kind == "arena":
             out.append(("arena", where.offset, v.type.dtype, v.shape))
         elif kind == "input":
-            out.append(("input", where))
+            out.append(("input", where, v.shape))
         else:
             out.append(("const", where.attrs["value"].array.reshape(v.shape)))
     return out

@@ -57,8 +57,8 @@ class Executable:
 
     def output(self, k, copy=True):
         kind = self._outputs[k]
-        if kind[0] == "input":
-            x = self._last_inputs[kind[1]]
+        if kind[0] == "input":  # an output that is an input, or a reshaped view of one
+            x = np.asarray(self._last_inputs[kind[1]]).reshape(kind[2])
         elif kind[0] == "const":
             x = kind[1]
         else:

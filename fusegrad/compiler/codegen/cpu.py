@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from math import prod
 
 from ...ir.printer import short_loc, var_names
+from ..passes.prepare import batch_suffix
 from .cpu_expr import literal  # noqa: F401  (re-exported for tests)
 from .cpu_loops import LoopKernel
 from .cpu_movement import MOVEMENT
@@ -31,9 +32,9 @@ from numba import njit
 from fusegrad.compiler.codegen.cpu_math import erf_f32, exp_f32, log_f32, sigmoid_f32, tanh_f32
 
 
-# fast-math that keeps NaN/inf semantics: reassociation (vectorised reductions), contraction
-@njit(cache=True, fastmath={{"reassoc", "contract", "nsz", "arcp", "afn"}}, error_model="numpy",
-      nogil=True)
+# fast-math that keeps IEEE results: reassociation (vectorised reductions) and contraction
+# (FMA) only; no 'arcp'/'afn', whose reciprocal-sqrt sequences turn 1/sqrt(0) into NaN
+@njit(cache=True, fastmath={{"reassoc", "contract", "nsz"}}, error_model="numpy", nogil=True)
 '''
 NP_VIEW = {"float32": "np.float32", "float64": "np.float64", "int32": "np.int32",
            "int64": "np.int64", "bool": "np.bool_"}
@@ -167,11 +168,8 @@ class _Driver:
         k = a.shape[-2] if ta else a.shape[-1]
         batch_shape = mm.out.shape[:-2]
         batch = prod(batch_shape)
-        for x in (a, b):
-            own = x.shape[:-2]
-            if prod(own) not in (1, batch) or (prod(own) == batch and
-                                               (1,) * (len(batch_shape) - len(own)) + own
-                                               != batch_shape):
+        for x in (a, b):  # prepare_for_fusion leaves only suffix batch broadcasts
+            if not batch_suffix(x.shape[:-2], batch_shape):
                 raise NotImplementedError(f"matmul batch broadcasting {a.type} @ {b.type}")
         fn = "gemm" if mm.out.dtype.startswith("float") else "gemm_loops"
         self.imports.add(fn)

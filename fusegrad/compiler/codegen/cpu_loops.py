@@ -67,6 +67,9 @@ class LoopKernel:
         self.row_reds = [n for n in self.region.nodes if self.reductions.get(n) == "row"]
         self.col_reds = [n for n in self.region.nodes if self.reductions.get(n) == "col"]
         self.after_col = _downstream(self.region.nodes, [n.out for n in self.col_reds])
+        # with one row (R == 1) a per-row value is a scalar: those computed from a row
+        # reduction live in the row loop
+        self.after_row = _downstream(self.region.nodes, [n.out for n in self.row_reds])
         self.arg = {v: f"a{k}" for k, v in enumerate(self.region.inputs)}
         self.out_arg = {}
         for k, v in enumerate(self.region.outputs):
@@ -92,6 +95,8 @@ class LoopKernel:
         m = self.maps[v]
         if v in self.after_col:
             return ("CS",) if m == SCALAR else ("CJ",)
+        if m == SCALAR and v in self.after_row:
+            return ("I",)
         return {SCALAR: ("S",), COL: ("I",), FULL: ("J",), ROW: ("J", "CJ")}[m]
 
     def _comment(self, node):
@@ -134,7 +139,7 @@ class LoopKernel:
             name = literal(node.attrs["value"].array.reshape(-1)[0], dtype)
         elif node.op == "iota":
             index = iota_index(node, self.maps[v], self.space)
-            name = literal(0, dtype).replace("(0)", f"({index})")
+            name = f"{_np(dtype)}({index})"
         elif node in self.reductions:
             raise AssertionError(f"reduction result {v} used before it is computed")
         else:
@@ -170,7 +175,7 @@ class LoopKernel:
         I = _Scope("I", S)  # noqa: E741
         # SCALAR outputs that need no column reduction
         for v, names in self.out_arg.items():
-            if self.maps[v] == SCALAR and v not in self.after_col:
+            if self.maps[v] == SCALAR and v not in self.after_col and v not in self.after_row:
                 for o in names:
                     S.lines.append(f"{o}[0] = {self.need(v, S)}")
         # the row body: phases for row reductions, then the elementwise pass
@@ -207,6 +212,8 @@ class LoopKernel:
             if self.maps[v] == COL and v not in self.after_col:
                 val = self.need(v, I)
                 I.lines += [f"{o}[i] = {val}" for o in names]
+            elif self.maps[v] == SCALAR and v in self.after_row and v not in self.after_col:
+                I.lines += [f"{o}[0] = {self.need(v, I)}" for o in names]
         for r in col_scalar:
             x = self.need(r.inputs[0], I)
             slot = f"scratch[{offsets[r]} + c]"

@@ -384,7 +384,7 @@ def erf_f32(x):
 
 
 # ---- libm-based references (the "exact" math) ----
-# float32 libm calls (expf, logf, tanhf, erff): correctly rounded or within 1 ulp, but scalar calls
+# float32 libm calls (expf, logf, tanhf, erff): within 2 ulp (glibc tanhf 1.9), but scalar calls
 # that block loop vectorisation (no SVML here) and run 5-30x slower than the approximations.
 def _jit_exact(fn):
     return numba.njit(inline="always", error_model="numpy", cache=True)(fn)

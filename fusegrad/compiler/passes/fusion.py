@@ -84,7 +84,7 @@ class _Partition:
         while changed:
             self._find_loopable()
             changed = False
-            for n in list(self.free):
+            for n in sorted(self.free, key=self.index.__getitem__):
                 if n.out in self.outputs or any(u not in self.loopable and u not in self.free
                                                 for u in self.users.get(n.out, ())):
                     self.free.discard(n)
@@ -110,7 +110,22 @@ class _Partition:
         return need
 
     def body(self, nodes):
-        return sorted(set(nodes) | self.closure(nodes), key=self.index.__getitem__)
+        """The kernel's nodes in a canonical order: members in graph order, each recomputed
+        free node placed just before its first use, so identical layers print identically."""
+        free = self.closure(nodes)
+        order, placed = [], set()
+
+        def place(n):
+            for v in n.inputs:
+                p = self.producer.get(v)
+                if p in free and p not in placed:
+                    placed.add(p)
+                    place(p)
+            order.append(n)
+
+        for n in sorted(nodes, key=self.index.__getitem__):
+            place(n)
+        return order
 
     def outputs_of(self, nodes):
         """Values of `nodes` needed elsewhere: graph outputs, and values read outside the
@@ -139,27 +154,32 @@ class _Partition:
         return space, maps, reductions
 
     def creates_cycle(self, nodes) -> bool:
-        """Would running `nodes` as one kernel need a value that itself needs the kernel?"""
+        """Would running `nodes` as one kernel need a value that itself needs the kernel? Other
+        kernels are atomic: reaching any of their nodes means depending on all of their outputs."""
         inside = set(nodes)
+        groups_inside = {self.group[n] for n in nodes}
         stack = [u for n in nodes for v in n.outputs for u in self.users.get(v, ())
                  if u not in inside]
         seen = set()
         while stack:
             u = stack.pop()
-            if u in seen:
+            if u in inside:
+                return True
+            g = self.group.get(u)
+            key = ("g", g) if g is not None else ("n", u)
+            if key in seen:
                 continue
-            seen.add(u)
-            for v in u.outputs:
-                for w in self.users.get(v, ()):
-                    if w in inside:
-                        return True
-                    stack.append(w)
+            seen.add(key)
+            if g is not None and g in groups_inside:
+                return True
+            members = self.members[g] if g is not None else [u]
+            stack.extend(w for m in members for v in m.outputs for w in self.users.get(v, ()))
         return False
 
     def try_merge(self, ga, gb) -> bool:
         if ga == gb:
             return False
-        nodes = self.members[ga] + self.members[gb]
+        nodes = sorted(self.members[ga] + self.members[gb], key=self.index.__getitem__)
         if not all(n in self.loopable for n in nodes):
             return False
         if self.aliased & {v for n in nodes for v in n.outputs} and \
@@ -169,7 +189,7 @@ class _Partition:
             return False
         for n in self.members[gb]:
             self.group[n] = ga
-        self.members[ga] = sorted(nodes, key=self.index.__getitem__)
+        self.members[ga] = nodes
         del self.members[gb]
         return True
 
@@ -186,7 +206,7 @@ class _Partition:
     def merge_siblings(self):
         for v in [*self.graph.inputs, *(u for n in self.nodes for u in n.outputs)]:
             readers = sorted({self.group[u] for u in self.users.get(v, ())
-                              if u in self.loopable})
+                              if u in self.loopable and u.op != "reshape"})
             for g in readers[1:]:
                 if readers[0] in self.members and g in self.members:
                     self.try_merge(readers[0], g)
@@ -291,8 +311,8 @@ def make_kernel(part: _Partition, nodes, kind=None) -> Node:
     moved = sum(v.type.nbytes for v in (*inputs, *outputs))
     attrs.update(kind=kind, flops=flops, bytes=moved, name=structural_name(kind, region))
     loc = next((n.loc for n in reversed(nodes) if n.loc), None)
-    return Node("kernel", tuple(inputs), tuple(outputs), Attrs(attrs), loc, nodes[-1].part,
-                region)
+    first = min(nodes, key=part.index.__getitem__)
+    return Node("kernel", tuple(inputs), tuple(outputs), Attrs(attrs), loc, first.part, region)
 
 
 def fuse(graph: Graph, multi_tensor: bool = True, guard: int | None = None) -> Graph:

@@ -206,6 +206,8 @@ def infer_maps(nodes, space: Space, inputs=()) -> tuple[dict, dict]:
 
 def _equivalent(a, b, space) -> bool:
     """Maps that address the same elements because R or C is 1."""
+    if space.R == 1 and space.C == 1:
+        return True
     if space.R == 1:
         norm = {FULL: ROW, COL: SCALAR}
         return norm.get(a, a) == norm.get(b, b)

@@ -60,8 +60,9 @@ class MemoryPlan:
         for b in self.buffers:
             held = ", ".join(f"{names.get(v, '?')}:{v.type} [{a}..{z}]" for v, a, z in b.values)
             lines.append(f"  buf{b.index:<3} +{b.offset:<10,} {b.nbytes:>11,} B  {held}")
+        inputs = set(self.graph.inputs)
         written = [f"{names.get(v, '?')} <- {self.graph.input_names[w]}"
-                   for v, (k, w) in self.storage.items() if k == "input"]
+                   for v, (k, w) in self.storage.items() if k == "input" and v not in inputs]
         if written:
             lines.append("  written into their inputs' storage: " + ", ".join(written))
         if self.in_place:
@@ -118,11 +119,18 @@ def can_overwrite(kernel, inp, out) -> bool:
 
 
 def _readers(graph):
-    """kernel index of every read of every Var (top-level nodes)."""
+    """Kernel index of every read of every Var; a read of a view (a top-level reshape) counts
+    as a read of the Var it views too."""
+    base = {}
+    for n in graph.nodes:
+        if n.op == "reshape":
+            base[n.out] = base.get(n.inputs[0], n.inputs[0])
     reads: dict = {}
     for k, n in enumerate(graph.nodes):
         for v in n.inputs:
             reads.setdefault(v, []).append(k)
+            if v in base:
+                reads.setdefault(base[v], []).append(k)
     return reads
 
 

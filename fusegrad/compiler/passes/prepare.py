@@ -42,6 +42,12 @@ def _rule(node, rw):
         ]
         if any(a is not b for a, b in zip(fixed, node.inputs)):
             return rw.emit(node.op, *fixed, **dict(node.attrs))
+    if node.op == "matmul":  # batch broadcasts the GEMM loop cannot index: materialise them
+        batch = out.shape[:-2]
+        fixed = [v if batch_suffix(v.shape[:-2], batch) else rw.broadcast_to(v, batch + v.shape[-2:])
+                 for v in node.inputs]
+        if any(a is not b for a, b in zip(fixed, node.inputs)):
+            return rw.emit("matmul", *fixed, **dict(node.attrs))
     if node.op in ("sum", "max") and len(_runs(tuple(node.attrs["axes"]))) > 1:
         x = node.inputs[0]
         keep = node.attrs["keepdims"]
@@ -49,6 +55,15 @@ def _rule(node, rw):
             x = rw.emit(node.op, x, axes=run, keepdims=True)
         return rw.reshape(x, out.shape) if not keep else x
     return None
+
+
+def batch_suffix(own, batch) -> bool:
+    """Do batch dims `own` broadcast to `batch` as a suffix, so the GEMM loop can index the
+    operand as i % size? ((3,) into (2, 3): yes; (2, 1) into (2, 3): no.)"""
+    own = tuple(own)
+    while own and own[0] == 1:
+        own = own[1:]
+    return not own or tuple(batch[len(batch) - len(own):]) == own
 
 
 def prepare_for_fusion(graph):
