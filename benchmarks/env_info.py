@@ -71,7 +71,8 @@ def load_average() -> str:
 def header_lines() -> list[str]:
     v = versions()
     lines = [
-        f"machine: {cpu_model()}, {os.cpu_count()} logical CPUs, Python {platform.python_version()}",
+        f"machine: {cpu_model()}, {os.cpu_count()} logical CPUs, "
+        f"Python {platform.python_version()}",
         "versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
     ]
     lines.append(f"load average before the run: {load_average()} (on {os.cpu_count()} CPUs; "

@@ -1,4 +1,4 @@
-"""Each contender runs in a process of its own; the parent only tells them, one at a time, what to do.
+"""Each contender runs in a process of its own; the parent tells them, one at a time, what to do.
 
 Why: in one process the contenders' thread pools fight. PyTorch's OpenMP threads, Numba's
 OpenMP threads and two OpenBLAS copies (NumPy's and SciPy's) each keep 2 threads on a 2-core

@@ -231,6 +231,19 @@ def test_row_kernels_match_interpreter(dtype):
     assert "row" in kinds
 
 
+def max_with_ties(x, w):
+    return fg.sum(fg.max(x, axis=1) * w)
+
+
+def test_max_gradient_with_ties_matches_interpreter():
+    """Tied maxima share the gradient, as in the interpreter."""
+    x = np.array([[1, 3, 3, 0], [2, 2, 2, 2], [5, 1, 0, 5]], np.float32)
+    w = np.array([1, 2, 3], np.float32)
+    f = grads_cpu_and_interpreter(max_with_ties, x, w)
+    _, g = f(x, w)
+    np.testing.assert_allclose(g[1], [0.5, 0.5, 0.5, 0.5])  # four-way tie, weight 2
+
+
 def column_kernels(x):
     return fg.sum(x, axis=0), fg.mean(x, axis=0), fg.sum(x), fg.mean(x * x)
 

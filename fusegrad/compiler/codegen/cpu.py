@@ -125,14 +125,18 @@ class _Driver:
         comment += f" ({loc})" if loc else ""
         if kind in LOOP_KINDS:
             self.emit_loop(node, ins, outs, comment)
-        elif kind == "gemm":
-            self.emit_gemm(node.region.nodes[0], ins, outs, comment)
+            return
+        # one primitive: its operands, by position, as driver names (an operand may repeat)
+        (prim,) = node.region.nodes
+        operand = dict(zip(node.region.inputs, ins))
+        prim_ins = [operand[v] for v in prim.inputs]
+        if kind == "gemm":
+            self.emit_gemm(prim, prim_ins, outs, comment)
         else:
-            (prim,) = node.region.nodes
             emitter = MOVEMENT.get(prim.op)
             if emitter is None:
                 raise NotImplementedError(f"no CPU emitter for a lone {prim.op} kernel")
-            lines = emitter(prim, ins, outs[0], self.dims)
+            lines = emitter(prim, prim_ins, outs[0], self.dims)
             self.lines += [lines[0] + comment] + lines[1:]
             self.imports.add(lines[0].split("(")[0])
             for ln in lines[1:]:

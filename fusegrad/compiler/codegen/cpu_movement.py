@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from math import prod
 
+from .cpu_expr import literal
+
 RANK = 6  # strided_copy's fixed rank
 
 
@@ -59,7 +61,7 @@ def _pad(node, ins, out, dims):
     pads = node.attrs["pads"]
     os_ = contiguous_strides(node.out.shape)
     offset = sum(lo * s for (lo, _), s in zip(pads, os_))
-    return [f"fill({out}, {float(node.attrs['value'])!r})"] + _copy(
+    return [f"fill({out}, {literal(node.attrs['value'], 'float64')})"] + _copy(
         dims, ins[0], 0, contiguous_strides(node.inputs[0].shape), out, offset, os_,
         node.inputs[0].shape)
 

@@ -324,8 +324,10 @@ def fuse(graph: Graph, multi_tensor: bool = True, guard: int | None = None) -> G
     kernels = []
     for g in part.groups_in_order():
         nodes = part.members[g]
-        if len(nodes) == 1 and nodes[0].op in ("reshape", "constant"):
-            kernels.append(nodes[0])  # a view of a buffer, or data: no code runs
+        lone = nodes[0] if len(nodes) == 1 else None
+        if lone is not None and (lone.op == "constant" or (
+                lone.op == "reshape" and part.producer.get(lone.inputs[0]) not in part.free)):
+            kernels.append(lone)  # data, or a view of a buffer: no code runs
         else:
             kernels.append(make_kernel(part, nodes))
     if multi_tensor:
