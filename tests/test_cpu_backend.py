@@ -21,7 +21,7 @@ import pytest
 
 import fusegrad as fg
 from fusegrad.compiler import lax
-from fusegrad.pytree import flatten
+from fusegrad.pytree import flatten, unflatten
 
 F32 = dict(rtol=1e-5, atol=1e-6)
 F64 = dict(rtol=1e-11, atol=1e-12)
@@ -61,8 +61,6 @@ def assert_tree_bitwise(a, b):
 
 def tree_copy(tree):
     leaves, treedef = flatten(tree)
-    from fusegrad.pytree import unflatten
-
     return unflatten(treedef, [None if x is None else np.array(x, copy=True) for x in leaves])
 
 
@@ -91,7 +89,7 @@ def driver_of(source: str) -> str:
 def library_calls(source: str) -> set:
     """Names of the functions the driver's run() calls."""
     body = driver_of(source).split("def run(")[1]
-    return set(re.findall(r"^    (?:if not )?([a-z_][a-z0-9_]*)\(", body, re.M))
+    return set(re.findall(r"^    ([a-z_][a-z0-9_]*)\(", body, re.M))
 
 
 def gemm_flags(source: str) -> set:
@@ -465,7 +463,8 @@ STEPS = 3
 
 
 class Trained:
-    """The same steps on both targets from identical copies of the parameters."""
+    """STEPS steps on both targets from identical copies of the parameters (the loss-guard test
+    takes one more on both)."""
 
     def __init__(self, name):
         loss, params, optimizer, trainable = TRAINING[name]
@@ -501,7 +500,7 @@ def test_train_step_matches_interpreter(name):
     assert_tree_close(t.p_cpu, t.p_ref, **STEP_TOL)
     assert t.cpu.state.keys() == t.ref.state.keys()
     assert_tree_close(t.cpu.state, t.ref.state, **STEP_TOL)
-    assert t.cpu.state["step"] == STEPS
+    assert t.cpu.state["step"] == t.ref.state["step"] >= STEPS
 
 
 def test_train_step_kernel_kinds():
@@ -523,7 +522,7 @@ def test_parameters_and_state_updated_in_place():
         assert v is t.leaves[k]  # the user's own arrays, updated in place
         assert not np.array_equal(v, t.initial[k])
     for first, now in zip(t.slots_after_first, flatten(t.cpu.state)[0]):
-        assert first is now or isinstance(now, int)  # optimizer state too
+        assert first is now or isinstance(now, int)  # optimizer state too (but the step count)
 
 
 def test_frozen_parameters_bitwise_unchanged():

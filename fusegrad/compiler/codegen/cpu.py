@@ -13,8 +13,10 @@ values and the user's source lines, and `render_source()` shows the kernels with
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from math import prod
+from pathlib import Path
 
 from ...ir.printer import short_loc, var_names
 from ..passes.prepare import batch_suffix
@@ -23,18 +25,25 @@ from .cpu_loops import LoopKernel
 from .cpu_movement import MOVEMENT
 
 LOOP_KINDS = ("elementwise", "row", "column", "row+column")
+# Numba's cache does not see changes in inlined functions: stamp kernels with cpu_math's hash
+MATH_STAMP = hashlib.sha1(b"".join(
+    (Path(__file__).parent / f).read_bytes() for f in ("cpu_math.py", "cpu_intrinsics.py")
+)).hexdigest()[:12]
+LIBRARY_STAMP = hashlib.sha1((Path(__file__).parent / "cpu_library.py").read_bytes()).hexdigest()
 KERNEL_HEADER = '''"""fusegrad kernel {name}: {kind} loop over a 2-D space (R, C). Generated; do not edit."""
+# inlined math: cpu_math {math_stamp} (a new version rewrites this file, so Numba recompiles it)
 import math
 
 import numpy as np
 from numba import njit
 
+from fusegrad.compiler.codegen.cpu_intrinsics import radd
 from fusegrad.compiler.codegen.cpu_math import erf_f32, exp_f32, log_f32, sigmoid_f32, tanh_f32
 
 
-# fast-math that keeps IEEE results: reassociation (vectorised reductions) and contraction
-# (FMA) only; no 'arcp'/'afn', whose reciprocal-sqrt sequences turn 1/sqrt(0) into NaN
-@njit(cache=True, fastmath={{"reassoc", "contract", "nsz"}}, error_model="numpy", nogil=True)
+# only FMA contraction function-wide: reductions reassociate through radd alone (see
+# cpu_intrinsics), and no 'arcp'/'afn', whose reciprocal-sqrt sequences make 1/sqrt(0) NaN
+@njit(cache=True, fastmath={{"contract"}}, error_model="numpy", nogil=True)
 '''
 NP_VIEW = {"float32": "np.float32", "float64": "np.float64", "int32": "np.int32",
            "int64": "np.int64", "bool": "np.bool_"}
@@ -146,7 +155,8 @@ class _Driver:
         name = node.attrs["name"]
         kernel = LoopKernel(node, _region_names(node.region), self.exact_math)
         if name not in self.kernels:
-            self.kernels[name] = (KERNEL_HEADER.format(name=name, kind=node.attrs["kind"])
+            self.kernels[name] = (KERNEL_HEADER.format(name=name, kind=node.attrs["kind"],
+                                                       math_stamp=MATH_STAMP)
                                   + kernel.source(name) + "\n")
             shown = LoopKernel(node, self._readable_names(node), self.exact_math)
             self.readable[name] = shown.source(name)
@@ -204,8 +214,13 @@ class _Driver:
                   *(f"c{k}" for k in range(len(consts)))]
         kernel_imports = sorted(n for n in self.imports if n in self.kernels)
         library = sorted(n for n in self.imports if n not in self.kernels)
+        # Numba links the callees' machine code into a cached caller and does not notice when
+        # they change: the stamp of everything called makes a new driver file in that case
+        called = hashlib.sha1("".join(self.kernels[n] for n in kernel_imports).encode()
+                              + LIBRARY_STAMP.encode()).hexdigest()[:16]
         header = [f'"""fusegrad driver for {self.fused.name}: {len(self.fused.nodes)} steps. '
                   f'Generated; do not edit."""',
+                  f"# calls kernels and library code stamped {called}",
                   "import numpy as np", "from numba import njit", ""]
         if library:
             header.append(f"from fusegrad.compiler.codegen.cpu_library import "

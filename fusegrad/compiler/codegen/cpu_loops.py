@@ -161,8 +161,10 @@ class LoopKernel:
             literal(-(2 ** 31) if dtype == "int32" else -(2 ** 63), dtype)
 
     @staticmethod
-    def _accumulate(op, acc, x):
+    def _accumulate(op, acc, x, dtype="float32", vector_reduction=False):
         if op == "sum":
+            if vector_reduction and dtype.startswith("float"):
+                return f"{acc} = radd({acc}, {x})"  # reassociable: the loop vectorises
             return f"{acc} += {x}"
         return f"{acc} = {x} if ({x} > {acc} or {x} != {x}) else {acc}"
 
@@ -185,7 +187,7 @@ class LoopKernel:
             x = self.need(r.inputs[0], J)
             block = [f"{acc} = {self._reduce_init(r)}  {self._comment(r)}",
                      "for j in range(C):", *("    " + ln for ln in J.lines),
-                     "    " + self._accumulate(r.op, acc, x)]
+                     "    " + self._accumulate(r.op, acc, x, r.out.type.dtype, True)]
             I.lines.extend(block)
             I.names[r.out] = acc
         J = _Scope("J", I)
