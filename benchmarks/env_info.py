@@ -60,6 +60,23 @@ def numba_threads() -> str:
     return f"numba threading layer {layer}"
 
 
+def fusegrad_revision() -> str:
+    """The checkout's commit, and whether fusegrad/ has uncommitted changes (read-only git)."""
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, text=True,
+                                capture_output=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "fusegrad"], cwd=root,
+                               text=True, capture_output=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (no git)"
+    if not commit:
+        return "unknown (not a git checkout)"
+    return commit + (" + uncommitted changes in fusegrad/" if dirty else "")
+
+
 def load_average() -> str:
     """1/5/15-minute load averages: other processes on the machine skew every timing."""
     try:
@@ -74,6 +91,7 @@ def header_lines() -> list[str]:
         f"machine: {cpu_model()}, {os.cpu_count()} logical CPUs, "
         f"Python {platform.python_version()}",
         "versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
+        f"fusegrad checkout: {fusegrad_revision()}",
     ]
     lines.append(f"load average before the run: {load_average()} (on {os.cpu_count()} CPUs; "
                  f"anything above ~0.5 means other processes share the cores)")

@@ -70,6 +70,26 @@ class Runner:
         exe = self.build.executable
         return ok, [exe.output(k) for k in want]
 
+    def profile(self, inputs, repeats=5) -> list:
+        """Seconds per kernel call (median of `repeats` runs of the schedule from Python, after
+        one compiled run): [(kernel description, seconds), ...] in schedule order."""
+        import time
+
+        if self.build is None:
+            raise RuntimeError("profile() needs target='cpu'")
+        self.run(inputs)
+        exe = self.build.executable
+        module = self.build.module
+        runs = []
+        for _ in range(repeats):
+            marks: list = []
+            flat = [exe._flat(k, x) for k, x in enumerate(inputs)]
+            module.run_profiled(time.perf_counter, marks, exe.arena, exe.dims, exe.fconst,
+                                exe.scratch, *flat, *exe.constants)
+            runs.append(marks)
+        return [(runs[0][k][0], float(np.median([r[k][1] for r in runs])))
+                for k in range(len(runs[0]))]
+
     def source(self) -> str:
         from .compiler.codegen.cpu import generate_cpu, render_source
 

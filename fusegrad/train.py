@@ -137,6 +137,7 @@ class TrainStep:
         self._t[()] = t
         inputs += [self._lr, self._t]
         runner = self._runner(prog)
+        self._last_inputs = inputs
         n_aux = prog.aux_tree.num_leaves if self.has_aux else 0
         in_place = runner.build is not None  # the compiled step writes params and state itself
         ok, outs = runner.run(inputs, want=range(1 + n_aux) if in_place else None)
@@ -200,6 +201,13 @@ class TrainStep:
     def source(self) -> str:
         """The generated Numba module: the driver and every kernel."""
         return self._runner(self._require()).source()
+
+    def profile(self, params, *batch, repeats=5) -> list:
+        """Time every kernel of the compiled step on this batch: [(kernel, seconds), ...].
+        Runs the step (repeats + 1) times: parameters are updated as in training."""
+        prog = self._program(params, batch)
+        inputs = self._last_inputs
+        return self._runner(prog).profile(inputs, repeats)
 
     def stats(self) -> dict:
         """kernels, peak_bytes, naive_bytes, compile time and cache figures of the last step."""

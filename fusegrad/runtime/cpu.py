@@ -53,6 +53,7 @@ class CpuBuild:
             hits.append(hit)
         driver_name = cache.content_name("driver", code.driver)
         module, driver_hit = cache.load_module(driver_name, code.driver)
+        self.module = module
         self.load_seconds = time.perf_counter() - t0
         self.cache_hit = driver_hit and all(hits)
         self.cache_reason = (
@@ -66,7 +67,7 @@ class CpuBuild:
         consts = [n.attrs["value"].array for n in fused.nodes if n.op == "constant"]
         written = {w for v, (kind, w) in plan.storage.items() if kind == "input"
                    and v not in fused.inputs} | {i for _, i in plan.copies_back}
-        self.executable = Executable(module.run, code.dims, plan.arena_bytes,
+        self.executable = Executable(module.run, code.dims, code.fconst, plan.arena_bytes,
                                      code.scratch_elements, consts,
                                      output_storage(fused, plan), written)
         self.compile_seconds = None  # measured at the first run

@@ -22,10 +22,11 @@ def _aligned_bytes(n: int) -> np.ndarray:
 
 
 class Executable:
-    def __init__(self, run, dims, arena_bytes, scratch_elements, constants, output_storage,
-                 written_inputs=()):
+    def __init__(self, run, dims, fconst, arena_bytes, scratch_elements, constants,
+                 output_storage, written_inputs=()):
         self._run = run
         self.dims = np.asarray(dims, np.int64)
+        self.fconst = np.asarray(fconst, np.float64)
         self.arena = _aligned_bytes(max(arena_bytes, ALIGN))
         self.scratch = np.zeros(max(scratch_elements, 1), np.float64)
         # constants are passed writable (Numba types read-only arrays differently)
@@ -53,7 +54,8 @@ class Executable:
     def run(self, inputs) -> bool:
         flat = [self._flat(k, x) for k, x in enumerate(inputs)]
         self._last_inputs = inputs
-        return bool(self._run(self.arena, self.dims, self.scratch, *flat, *self.constants))
+        return bool(self._run(self.arena, self.dims, self.fconst, self.scratch, *flat,
+                              *self.constants))
 
     def output(self, k, copy=True):
         kind = self._outputs[k]

@@ -54,18 +54,25 @@ class GeneratedCode:
     kernels: dict  # structural name -> kernel module source (what goes on disk)
     driver: str  # the driver module source
     dims: list  # the driver's size table for this signature
+    fconst: list  # the driver's float constants for this signature
     scratch_elements: int  # float64 scratch the column kernels need
     readable: dict = field(default_factory=dict)  # name -> kernel source with this program's names
 
 
-class _Dims:
-    def __init__(self):
-        self.values: list[int] = []
+class _Table:
+    """A table of numbers the driver reads (`dims`: int64 sizes, `fconst`: float64 constants),
+    so that the driver's text does not depend on them."""
 
-    def __call__(self, *values) -> str:
+    def __init__(self, name, cast):
+        self.name, self.cast = name, cast
+        self.values: list = []
+
+    def __call__(self, *values, always_slice=False) -> str:
         k = len(self.values)
-        self.values.extend(int(v) for v in values)
-        return f"dims[{k}]" if len(values) == 1 else f"dims[{k}:{k + len(values)}]"
+        self.values.extend(self.cast(v) for v in values)
+        if len(values) == 1 and not always_slice:
+            return f"{self.name}[{k}]"
+        return f"{self.name}[{k}:{k + len(values)}]"
 
 
 def _region_names(region) -> dict:
@@ -85,13 +92,15 @@ class _Driver:
         self.names = var_names(self.fused)
         self.exact_math = exact_math
         self.guard = guard
-        self.dims = _Dims()
+        self.dims = _Table("dims", int)
+        self.fconst = _Table("fconst", float)
         self.ref: dict = {}
         self.lines: list[str] = []
         self.kernels: dict = {}
         self.readable: dict = {}
         self.imports: set = set()
         self.scratch = 0
+        self.calls: list = []  # (line index, comment) of every kernel call, for profiling
 
     def value(self, v) -> str:
         return self.ref[v]
@@ -110,7 +119,7 @@ class _Driver:
                     start = self.dims(where.offset)
                     stop = self.dims(where.offset + v.type.nbytes)
                     self.lines.append(f"{name} = arena[{start}:{stop}].view({NP_VIEW[v.dtype]})"
-                                      f"  # {self.names[v]} {v.type} in buf{where.index}")
+                                      f"  # {self.names[v]} ({v.dtype}) in buf{where.index}")
                     self.ref[v] = name
                 elif kind == "input":
                     self.ref[v] = f"i{where}"
@@ -147,17 +156,18 @@ class _Driver:
                 raise NotImplementedError(f"no CPU emitter for a lone {prim.op} kernel")
             lines = emitter(prim, prim_ins, outs[0], self.dims)
             self.lines += [lines[0] + comment] + lines[1:]
+            self.calls.append((len(self.lines) - 1, comment))
             self.imports.add(lines[0].split("(")[0])
             for ln in lines[1:]:
                 self.imports.add(ln.split("(")[0])
 
     def emit_loop(self, node, ins, outs, comment):
         name = node.attrs["name"]
-        kernel = LoopKernel(node, _region_names(node.region), self.exact_math)
+        kernel = LoopKernel(node, _region_names(node.region), self.exact_math, structural=True)
+        text = kernel.source(name)  # also collects this call's constant values
         if name not in self.kernels:
             self.kernels[name] = (KERNEL_HEADER.format(name=name, kind=node.attrs["kind"],
-                                                       math_stamp=MATH_STAMP)
-                                  + kernel.source(name) + "\n")
+                                                       math_stamp=MATH_STAMP) + text + "\n")
             shown = LoopKernel(node, self._readable_names(node), self.exact_math)
             self.readable[name] = shown.source(name)
         space = kernel.space
@@ -166,8 +176,13 @@ class _Driver:
         if kernel.col_reds:
             args.append("scratch")
             self.scratch = max(self.scratch, len(kernel.col_reds) * min(R, 8) * max(C, 1))
+        if kernel.fconsts:
+            args.append(self.fconst(*kernel.fconsts, always_slice=True))
+        if kernel.iconsts:
+            args.append(self.dims(*kernel.iconsts, always_slice=True))
         self.imports.add(name)
         self.lines.append(f"{name}({', '.join(args)}){comment}")
+        self.calls.append((len(self.lines) - 1, comment))
 
     def _readable_names(self, node):
         """This program's %N names for the region's values (for render_source)."""
@@ -190,6 +205,20 @@ class _Driver:
         sizes = ", ".join(self.dims(v) for v in (batch, prod(a.shape[:-2]), prod(b.shape[:-2]),
                                                   m, n, k))
         self.lines.append(f"{fn}({ins[0]}, {ins[1]}, {outs[0]}, {sizes}, {ta}, {tb}){comment}")
+        self.calls.append((len(self.lines) - 1, comment))
+
+    def _profiled(self, params):
+        """The same schedule as plain Python, timing every kernel call (Runner.profile)."""
+        marks = {k: c for k, c in self.calls}
+        lines = ["", "def run_profiled(_clock, _marks, " + ", ".join(params) + "):",
+                 "    _t = _clock()"]
+        for k, ln in enumerate(self.lines):
+            lines.append("    " + ln)
+            if k in marks:
+                lines += ["    _now = _clock()",
+                          f"    _marks.append(({marks[k].strip()[2:]!r}, _now - _t))",
+                          "    _t = _now"]
+        return lines + [""]
 
     def generate(self) -> GeneratedCode:
         consts = self.define_values()
@@ -210,7 +239,8 @@ class _Driver:
             self.lines.append(f"i{i}[:] = {self.value(self.fused.outputs[o])}"
                               f"  # {self.fused.output_names[o]} (not in place)")
         self.lines.append("return True")
-        params = ["arena", "dims", "scratch", *(f"i{k}" for k in range(len(self.fused.inputs))),
+        params = ["arena", "dims", "fconst", "scratch",
+                  *(f"i{k}" for k in range(len(self.fused.inputs))),
                   *(f"c{k}" for k in range(len(consts)))]
         kernel_imports = sorted(n for n in self.imports if n in self.kernels)
         library = sorted(n for n in self.imports if n not in self.kernels)
@@ -226,12 +256,13 @@ class _Driver:
             header.append(f"from fusegrad.compiler.codegen.cpu_library import "
                           f"{', '.join(library)}")
         header += [f"from fusegrad_kernels.{n} import {n}" for n in kernel_imports]
-        inputs_doc = [f"# i{k}: {self.fused.input_names[k]} {v.type}"
+        inputs_doc = [f"# i{k}: {self.fused.input_names[k]} ({v.dtype}, rank {len(v.shape)})"
                       for k, v in enumerate(self.fused.inputs)]
         body = ["", "", *inputs_doc, "@njit(cache=True, nogil=True)",
-                f"def run({', '.join(params)}):", *("    " + ln for ln in self.lines), ""]
+                f"def run({', '.join(params)}):", *("    " + ln for ln in self.lines), "",
+                *self._profiled(params)]
         return GeneratedCode(self.kernels, "\n".join(header + body), self.dims.values,
-                             self.scratch, self.readable)
+                             self.fconst.values, self.scratch, self.readable)
 
 
 def generate_cpu(program, exact_math=False, guard=None) -> GeneratedCode:

@@ -56,13 +56,16 @@ def _downstream(nodes, sources):
 
 
 class LoopKernel:
-    def __init__(self, kernel, names=None, exact_math=False):
+    def __init__(self, kernel, names=None, exact_math=False, structural=False):
         self.kernel = kernel
         self.region = kernel.region
         self.space = Space(tuple(kernel.attrs["space"]), kernel.attrs["split"])
         self.maps, self.reductions = infer_maps(self.region.nodes, self.space)
         self.names = names or {}
         self.exact_math = exact_math
+        # structural: comments without shapes or constant values, so the text of a kernel
+        # file is the same for every batch size and every model that uses it
+        self.structural = structural
         self.producer = {v: n for n in self.region.nodes for v in n.outputs}
         self.row_reds = [n for n in self.region.nodes if self.reductions.get(n) == "row"]
         self.col_reds = [n for n in self.region.nodes if self.reductions.get(n) == "col"]
@@ -71,6 +74,8 @@ class LoopKernel:
         # reduction live in the row loop
         self.after_row = _downstream(self.region.nodes, [n.out for n in self.row_reds])
         self.arg = {v: f"a{k}" for k, v in enumerate(self.region.inputs)}
+        self.fconsts: list = []  # values of the kf / ki arguments, filled by source()
+        self.iconsts: list = []
         self.out_arg = {}
         for k, v in enumerate(self.region.outputs):
             self.out_arg.setdefault(v, []).append(f"o{k}")
@@ -129,14 +134,15 @@ class LoopKernel:
             raise AssertionError(f"{v} is needed outside its loop level")
         if v in self.arg:
             name = self._new("x")
+            what = v.type.dtype if self.structural else v.type
             target.lines.append(f"{name} = {self._load(v, target.level)}  "
-                                f"# {self.names.get(v, '%?')} {v.type}")
+                                f"# {self.names.get(v, '%?')} {what}")
             target.names[v] = name
             return name
         node = self.producer[v]
         dtype = v.type.dtype
         if node.op == "constant":
-            name = literal(node.attrs["value"].array.reshape(-1)[0], dtype)
+            name = self._constant(node, scope)
         elif node.op == "iota":
             index = iota_index(node, self.maps[v], self.space)
             name = f"{_np(dtype)}({index})"
@@ -151,6 +157,26 @@ class LoopKernel:
                 name = self._new()
                 target.lines.append(f"{name} = {expr}  {self._comment(node)}")
         target.names[v] = name
+        return name
+
+    def _constant(self, node, scope):
+        """Constants are arguments (kf: float64, ki: int64 tables), not literals: a constant
+        such as 1/batch then does not make a new batch size a new kernel."""
+        v = node.out
+        value = node.attrs["value"].array.reshape(-1)[0]
+        dtype = v.type.dtype
+        if dtype.startswith("float"):
+            load = f"{_np(dtype)}(kf[{len(self.fconsts)}])"
+            self.fconsts.append(float(value))
+        else:
+            k = len(self.iconsts)
+            load = f"(ki[{k}] != 0)" if dtype == "bool" else f"{_np(dtype)}(ki[{k}])"
+            self.iconsts.append(int(value))
+        name = self._new("k")
+        root = scope.at(("S",))
+        shown = "" if self.structural else " " + literal(value, dtype)
+        root.lines.append(f"{name} = {load}  # {self.names.get(v, '%?')} = constant{shown}")
+        root.names[v] = name
         return name
 
     def _reduce_init(self, node):
@@ -171,7 +197,7 @@ class LoopKernel:
     def source(self, fname: str) -> str:
         ins = [self.arg[v] for v in self.region.inputs]
         outs = [f"o{k}" for k in range(len(self.region.outputs))]
-        params = ["R", "C", *ins, *outs] + (["scratch"] if self.col_reds else [])
+        self.fconsts, self.iconsts = [], []
         body: list[str] = []
         S = _Scope("S")
         I = _Scope("I", S)  # noqa: E741
@@ -235,6 +261,8 @@ class LoopKernel:
         elif I.lines:
             loops += ["for i in range(R):", "    base = i * C", *("    " + ln for ln in I.lines)]
         body += S.lines + loops  # S last: later passes hoist scalars into it
+        params = (["R", "C", *ins, *outs] + (["scratch"] if self.col_reds else [])
+                  + (["kf"] if self.fconsts else []) + (["ki"] if self.iconsts else []))
         lines = [f"def {fname}({', '.join(params)}):"] + ["    " + ln for ln in body]
         if len(lines) == 1:
             lines.append("    pass")
