@@ -51,16 +51,16 @@ SCRIPT = textwrap.dedent('''\
         return rng.standard_normal((n, 4)).astype(np.float32), rng.integers(0, 3, n)
 
 
-    def make_step():
-        return fg.train_step(loss_fn, fg.optim.SGD(lr=0.1))
+    def make_step(target=None):  # None: the product's default, "cpu"
+        return fg.train_step(loss_fn, fg.optim.SGD(lr=0.1), target=target)
 
 
     if __name__ == "__main__":
         step, p = make_step(), params()
         losses = [float(step(p, *batch(8, seed))) for seed in range(3)]
         stats = step.stats()
-        keys = ("cache_hit", "cache", "compile_seconds", "load_seconds", "kernel_files",
-                "kernel_files_reused", "driver")
+        keys = ("target", "cache_hit", "cache", "compile_seconds", "load_seconds",
+                "kernel_files", "kernel_files_reused", "driver")
         print(json.dumps(dict({k: stats[k] for k in keys}, losses=losses, w=p["w"].tolist())))
 ''')
 
@@ -77,6 +77,8 @@ def workdir(tmp_path_factory):
 def run_script(workdir) -> dict:
     env = dict(os.environ, FUSEGRAD_CACHE_DIR=str(workdir / "cache"),
                PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    env.pop("FUSEGRAD_TARGET", None)  # conftest.py's interpreter default is for this process
+    env.pop("FUSEGRAD_EXACT_MATH", None)
     done = subprocess.run([sys.executable, str(workdir / "train_script.py")], env=env,
                           cwd=workdir, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -103,7 +105,7 @@ def trained(workdir, script):
     """The script's step built in this process on the cache the runs filled, called twice."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FUSEGRAD_CACHE_DIR", str(workdir / "cache"))
-        step, p, (x, y) = script.make_step(), script.params(), script.batch(8)
+        step, p, (x, y) = script.make_step("cpu"), script.params(), script.batch(8)
         step(p, x, y)
         step(p, x, y)
     return step, p, x, y
@@ -114,6 +116,7 @@ def trained(workdir, script):
 
 def test_second_process_loads_compiled_code_from_disk(runs):
     first, second = runs
+    assert first["target"] == "cpu"  # the default target of a plain script
     figures = ", ".join(f"run {k + 1}: compile {r['compile_seconds']:.3f} s, "
                         f"load {r['load_seconds']:.3f} s, cache_hit={r['cache_hit']}, "
                         f"reused {r['kernel_files_reused']}/{r['kernel_files']}"
@@ -202,7 +205,7 @@ def _mlp_inputs():
 
 def test_identical_layers_share_kernel_files():
     layers, head, x = _mlp_inputs()
-    mlp = fg.jit(three_layer_mlp)
+    mlp = fg.jit(three_layer_mlp, target="cpu")
     out = mlp(layers, head, x)
     want = fg.jit(three_layer_mlp, target="interpret")(layers, head, x)
     np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6)
@@ -216,7 +219,7 @@ def test_identical_layers_share_kernel_files():
     path = Path(stats["driver"]).with_name(f"{calls[0]}.py")
     text = path.read_text()
     w = np.random.default_rng(1).standard_normal((6, 2)).astype(np.float32)
-    other = fg.jit(one_layer_other_head)
+    other = fg.jit(one_layer_other_head, target="cpu")
     np.testing.assert_allclose(other(layers[0], x, w),
                                np.tanh(np.maximum(x @ layers[0]["w"] + layers[0]["b"], 0) @ w),
                                rtol=1e-5, atol=1e-6)
@@ -241,7 +244,8 @@ def test_same_layer_at_another_source_line_reuses_the_kernel_file(tmp_path, monk
     monkeypatch.setenv("FUSEGRAD_CACHE_DIR", str(tmp_path))
     rng = np.random.default_rng(1)
     x, layer = rng.standard_normal((8, 4)).astype(np.float32), _layer(rng, 4, 6)
-    first, second = fg.jit(relu_layer_here), fg.jit(relu_layer_elsewhere)
+    first = fg.jit(relu_layer_here, target="cpu")
+    second = fg.jit(relu_layer_elsewhere, target="cpu")
     first(x, layer["w"], layer["b"])
     second(x, layer["w"], layer["b"])
     assert _loop_kernel_calls(first.source()) == _loop_kernel_calls(second.source())

@@ -7,23 +7,10 @@ from __future__ import annotations
 
 import time
 
-import numba
 import numpy as np
 
 from . import cache
 from .executable import Executable
-
-_threads_started = False
-
-
-def _start_threads():
-    # Loading cached code that calls parallel kernels before Numba's thread pool exists can
-    # crash (numba#8578 pattern); asking for the thread count starts the pool first.
-    global _threads_started
-    if not _threads_started:
-        numba.get_num_threads()
-        _threads_started = True
-
 
 def output_storage(fused, plan):
     """Where each graph output can be read after a run (see Executable.output)."""
@@ -45,7 +32,6 @@ class CpuBuild:
     """An Executable plus what it took to make it (for stats())."""
 
     def __init__(self, program, code):
-        _start_threads()
         t0 = time.perf_counter()
         hits = []
         for name, text in code.kernels.items():
