@@ -27,57 +27,59 @@ LEAF = TreeDef("leaf")
 def flatten(tree):
     """-> (leaves, treedef). None counts as an empty subtree, like JAX."""
     leaves: list = []
+    return leaves, _walk(tree, leaves)
 
-    def walk(t):
-        if isinstance(t, dict):
-            keys = tuple(t.keys())
-            return TreeDef("dict", keys, tuple(walk(t[k]) for k in keys))
-        if isinstance(t, (list, tuple)) and not hasattr(t, "_fields"):
-            return TreeDef(type(t).__name__, (), tuple(walk(x) for x in t))
-        if t is None:
-            return TreeDef("none")
-        leaves.append(t)
-        return LEAF
 
-    return leaves, walk(tree)
+def _walk(t, leaves) -> TreeDef:
+    # a module-level function, not a closure: a closure that calls itself is a reference
+    # cycle, garbage on every call of a compiled function
+    if isinstance(t, dict):
+        keys = tuple(t.keys())
+        return TreeDef("dict", keys, tuple(_walk(t[k], leaves) for k in keys))
+    if isinstance(t, (list, tuple)) and not hasattr(t, "_fields"):
+        return TreeDef(type(t).__name__, (), tuple(_walk(x, leaves) for x in t))
+    if t is None:
+        return TreeDef("none")
+    leaves.append(t)
+    return LEAF
 
 
 def unflatten(treedef: TreeDef, leaves):
     it = iter(leaves)
-
-    def build(td):
-        if td.kind == "leaf":
-            return next(it)
-        if td.kind == "none":
-            return None
-        kids = [build(c) for c in td.children]
-        if td.kind == "dict":
-            return dict(zip(td.keys, kids))
-        return kids if td.kind == "list" else tuple(kids)
-
-    out = build(treedef)
+    out = _build(treedef, it)
     rest = list(it)
     if rest:
         raise ValueError(f"unflatten: {len(rest)} leaves left over")
     return out
 
 
+def _build(td, it):
+    if td.kind == "leaf":
+        return next(it)
+    if td.kind == "none":
+        return None
+    kids = [_build(c, it) for c in td.children]
+    if td.kind == "dict":
+        return dict(zip(td.keys, kids))
+    return kids if td.kind == "list" else tuple(kids)
+
+
 def leaf_paths(treedef: TreeDef, prefix: str) -> list[str]:
     """Readable path of every leaf: prefix['w1'], prefix[0][1] ..."""
     paths: list[str] = []
-
-    def walk(td, path):
-        if td.kind == "leaf":
-            paths.append(path)
-        elif td.kind == "dict":
-            for k, c in zip(td.keys, td.children):
-                walk(c, f"{path}[{k!r}]")
-        else:
-            for i, c in enumerate(td.children):
-                walk(c, f"{path}[{i}]")
-
-    walk(treedef, prefix)
+    _paths(treedef, prefix, paths)
     return paths
+
+
+def _paths(td, path, paths):
+    if td.kind == "leaf":
+        paths.append(path)
+    elif td.kind == "dict":
+        for k, c in zip(td.keys, td.children):
+            _paths(c, f"{path}[{k!r}]", paths)
+    else:
+        for i, c in enumerate(td.children):
+            _paths(c, f"{path}[{i}]", paths)
 
 
 def tree_map(fn, tree, *rest):

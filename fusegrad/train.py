@@ -114,7 +114,8 @@ class TrainStep:
         if self._slots is None:
             pos = {prog.traced.array_leaves[k]: k for k in prog.trained}
             self._slots = {
-                s: [np.zeros_like(x) if i in pos else None for i, x in enumerate(leaves)]
+                s: [np.zeros(x.shape, x.dtype) if i in pos else None  # C order, always
+                    for i, x in enumerate(leaves)]
                 for s in prog.slots
             }
 

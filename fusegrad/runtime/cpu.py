@@ -55,7 +55,7 @@ class CpuBuild:
                    and v not in fused.inputs} | {i for _, i in plan.copies_back}
         self.executable = Executable(module.run, code.dims, code.fconst, plan.arena_bytes,
                                      code.scratch_elements, consts,
-                                     output_storage(fused, plan), written)
+                                     output_storage(fused, plan), written, fused.input_names)
         self.compile_seconds = None  # measured at the first run
 
     def run(self, inputs) -> bool:

@@ -23,7 +23,7 @@ def _aligned_bytes(n: int) -> np.ndarray:
 
 class Executable:
     def __init__(self, run, dims, fconst, arena_bytes, scratch_elements, constants,
-                 output_storage, written_inputs=()):
+                 output_storage, written_inputs=(), input_names=()):
         self._run = run
         self.dims = np.asarray(dims, np.int64)
         self.fconst = np.asarray(fconst, np.float64)
@@ -32,6 +32,7 @@ class Executable:
         # constants are passed writable (Numba types read-only arrays differently)
         self.constants = [np.array(c, copy=True).reshape(-1) for c in constants]
         self.written = set(written_inputs)  # inputs the driver updates in place
+        self.input_names = list(input_names)
         self._outputs = output_storage  # per output: ("arena", offset, dtype, shape) / ("input", i)
         self._flat_cache: dict = {}
         self._last_inputs = None
@@ -44,8 +45,9 @@ class Executable:
         if x.flags.c_contiguous:
             flat = x.reshape(-1)  # a view: in-place updates land in the caller's array
         elif k in self.written:
-            raise ValueError(f"input {k} is updated in place, so it must be C-contiguous "
-                             f"(np.ascontiguousarray it once before training)")
+            name = self.input_names[k] if k < len(self.input_names) else f"input {k}"
+            raise ValueError(f"{name} is updated in place, so it must be C-contiguous: "
+                             f"replace it once with np.ascontiguousarray({name}) before training")
         else:
             flat = np.ascontiguousarray(x).reshape(-1)
         self._flat_cache[k] = (x, flat)

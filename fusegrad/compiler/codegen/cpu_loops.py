@@ -107,7 +107,7 @@ class LoopKernel:
     def _comment(self, node):
         outs = ", ".join(self.names.get(v, "%?") for v in node.outputs)
         ins = ", ".join(self.names.get(v, "%?") for v in node.inputs)
-        loc = short_loc(node.loc)
+        loc = "" if self.structural else short_loc(node.loc)  # kernel files: structure only
         return f"# {outs} = {node.op} {ins}" + (f"  ({loc})" if loc else "")
 
     def _new(self, prefix="t"):
@@ -249,11 +249,13 @@ class LoopKernel:
 
         loops: list[str] = []
         if self.col_reds:
-            loops += ["nch = min(R, %d)" % CHUNKS,
-                     f"for t in range({len(col_full)} * nch * C + {len(col_scalar)} * nch):",
-                     "    scratch[t] = " + ("0.0" if all(r.op == "sum" for r in self.col_reds)
-                                            else "-np.inf"),
-                     "for c in range(nch):",
+            loops += ["nch = min(R, %d)" % CHUNKS]
+            for r in col_full + col_scalar:  # each reduction's partials start at its identity
+                size = "nch * C" if r in col_full else "nch"
+                init = "0.0" if r.op == "sum" else "-np.inf"
+                loops += [f"for t in range({size}):",
+                          f"    scratch[{offsets[r]} + t] = {init}  {self._comment(r)}"]
+            loops += ["for c in range(nch):",
                      "    for i in range(c * R // nch, (c + 1) * R // nch):",
                      "        base = i * C",
                      *("        " + ln for ln in I.lines)]
@@ -273,7 +275,7 @@ class LoopKernel:
         lines = []
         for r in col_scalar:
             acc = self._new("acc")
-            lines += [f"{acc} = scratch[{offsets[r]}]",
+            lines += [f"{acc} = scratch[{offsets[r]}]  {self._comment(r)}",
                       "for c in range(1, nch):",
                       "    " + self._accumulate(r.op, acc, f"scratch[{offsets[r]} + c]")]
             CS.names[r.out] = f"{_np(r.out.type.dtype)}({acc})"
@@ -287,7 +289,7 @@ class LoopKernel:
             head = []
             for r in col_full:
                 acc = self._new("acc")
-                head += [f"{acc} = scratch[{offsets[r]} + j]",
+                head += [f"{acc} = scratch[{offsets[r]} + j]  {self._comment(r)}",
                          "for c in range(1, nch):",
                          "    " + self._accumulate(r.op, acc, f"scratch[{offsets[r]} + c * C + j]")]
                 CJ.names[r.out] = f"{_np(r.out.type.dtype)}({acc})"

@@ -14,12 +14,13 @@ Usage contract for generated kernels:
   selects (measured: exp(nan) -> 0, log(inf) -> 88.7). Without fastmath the results are the same
   up to a few ulp (tested).
 * Arguments are converted with ``np.float32(x)``; results are float32.
-* The helpers that must not be reassociated (Cody-Waite steps, polynomial FMAs, the two-factor
-  2**n scaling) are LLVM intrinsics emitted here; the scaling multiplies carry an explicit 'nsz'
-  flag because Numba's fast-math pass adds the caller's flags only to instructions that have none
+* What must not be reassociated (Cody-Waite steps, polynomial FMAs, the two-factor 2**n
+  scaling) is emitted by intrinsics here: ``llvm.fmuladd`` (one FMA where the CPU has it; LLVM
+  does not split it under FLAGS) and two plain multiplies that carry an explicit 'nsz' flag,
+  because Numba's fast-math pass adds the caller's flags only to instructions that have none
   (with 'reassoc', p * 2**a * 2**b was turned into p * (2**a * 2**b) and overflowed).
 * A caller cached with ``cache=True`` is not invalidated when this file changes (Numba's cache
-  does not track inlined dependencies): clear the kernel cache after editing coefficients.
+  does not track inlined dependencies); cpu.py stamps kernel files with this file's hash.
 * ``bitcast_f32_i32``/``bitcast_i32_f32`` are intrinsics: usable from jitted code only.
 
 Methods and special values:
@@ -55,11 +56,29 @@ exp        1.01              8.5e-8          subnormal results within 0.75 * 2**
                                              overflow/underflow exactly as float32(exp)
 log        1.63              1.25e-7         all positive inputs incl. subnormals
 tanh       4.90              2.9e-7          max abs 2.9e-7 (near |x| = 5)
-sigmoid    SIGMOID_ULP       SIGMOID_REL     SIGMOID_OTHER
-erf        ERF_ULP           ERF_REL         ERF_OTHER
+sigmoid    2.83              2.0e-7          x < -87.3 (subnormal results): within
+                                             0.75 * 2**-149; exactly 0 / 1 in the tails
+erf        2.31              1.7e-7          max abs 1.18e-7; relative accuracy kept
+                                             down to subnormal x
 =========  ================  ==============  ==========================================
 
-Measured speed: SPEED_TABLE
+Special values (0, -0, +-inf, nan, subnormals, FLT_MIN, FLT_MAX, the overflow thresholds) are
+exact as listed above (tests/test_cpu_math.py). Without FMA hardware llvm.fmuladd becomes mul+add
+and the errors grow slightly.
+
+Measured speed, 1M float32, serial @njit loop ``out[j] = f(x[j])`` (FLAGS, error_model="numpy"),
+median of 7 x 15 runs, development VM (LLVM host CPU znver3: AVX2 + FMA, no AVX-512; loops
+vectorise 8-wide on ymm), shared with other jobs so +-20 %. A plain copy loop takes 0.17 ms.
+
+=========  ===========  ===============================  ==================================
+function   this module  same loop with libm (EXACT)      NumPy / SciPy on the array (out=)
+=========  ===========  ===============================  ==================================
+exp        0.63 ms      5.5 ms  (np.exp)                 2.96 ms  np.exp
+log        0.94 ms      6.2 ms  (np.log)                 3.16 ms  np.log
+tanh       0.55 ms      28.8 ms (np.tanh)                4.94 ms  np.tanh
+sigmoid    0.90 ms      5.6 ms  (np.exp based)           7.47 ms  scipy.special.expit
+erf        1.02 ms      26.5 ms (math.erf)               34.1 ms  scipy.special.erf
+=========  ===========  ===============================  ==================================
 """
 from __future__ import annotations
 
@@ -88,8 +107,10 @@ _I32 = ir.IntType(32)
 
 
 # --------------------------------------------------------------------------------------------
-# LLVM intrinsics. Everything that must not be touched by reassociation (Cody-Waite products,
-# the two-factor 2**n scaling, polynomial FMAs) is emitted here without fast-math flags.
+# LLVM intrinsics. What must not be reassociated (Cody-Waite steps, polynomial FMAs, the
+# two-factor 2**n scaling) is emitted here as llvm.fmuladd calls (Numba adds the caller's flags to
+# calls, but LLVM neither splits nor reorders fmuladd without 'nnan'/'ninf') and as multiplies
+# with an explicit flag set (Numba only adds flags to instructions that have none).
 # --------------------------------------------------------------------------------------------
 
 def _is_f32(t) -> bool:
@@ -145,7 +166,7 @@ def _fmuladd(typingctx, a, b, c):
 
 @intrinsic
 def _rint(typingctx, x):
-    """Round to nearest integer, ties to even (llvm.rint -> vrndscaleps)."""
+    """Round to nearest integer, ties to even (llvm.rint: vroundps / vrndscaleps)."""
     if not _is_f32(x):
         return None
 
@@ -243,7 +264,7 @@ def _jit(fn):
 
 
 _f = np.float32
-_ZERO, _HALF, _ONE, _TWO = _f(0.0), _f(0.5), _f(1.0), _f(2.0)
+_ZERO, _HALF, _ONE = _f(0.0), _f(0.5), _f(1.0)
 _INF = _f(np.inf)
 _NAN = _f(np.nan)
 
@@ -377,7 +398,7 @@ def sigmoid_f32(x):
 
 # ---- erf ----
 # Two polynomial pieces, both evaluated and selected (no division, no exp):
-#   |x| < 1:        erf(x) = x * PA(x^2)                 (relative error, accurate down to subnormals)
+#   |x| < 1:        erf(x) = x * PA(x^2)                  (relative error, down to subnormals)
 #   1 <= |x| < c:   erf(x) = sign(x) * (1 - PB(|x| - m))  (PB ~ erfc; absolute error)
 #   |x| >= c:       erf(x) = sign(x)   (float32(erf(x)) == 1 from x = 3.9192064 on)
 # Coefficients: weighted least squares on Chebyshev nodes with Lawson iterations (near-minimax),

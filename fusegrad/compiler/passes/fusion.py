@@ -286,6 +286,7 @@ def _strip_sizes(text: str) -> str:
     """Kernel text without what the generated code takes as arguments: sizes and constants."""
     text = re.sub(r"#.*", "", text)
     text = re.sub(r"constant\[value=[^\]]*\]", "constant", text)
+    text = re.sub(r"[ \t]+", " ", text)  # column padding depends on the widest type
     # shape-valued attributes (reshape/broadcast targets, iota and slice sizes) are sizes too
     text = re.sub(r"\b(shape|sizes|starts|output_size|dim_size)=(\([^)]*\)|\d+)", r"\1=?", text)
     return re.sub(r"\[(\d+(,\d+)*)?\]", lambda m: f"[rank{len(m.group(0).split(','))}]", text)
