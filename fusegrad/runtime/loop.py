@@ -51,7 +51,7 @@ def fit(step, params, data, epochs: int = 1, eval_fn=None, patience: int | None 
         batches = data() if callable(data) else data
         total = len(batches) if hasattr(batches, "__len__") else None
         bar = tqdm(batches, total=total, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress,
-                   leave=True, dynamic_ncols=True)
+                   leave=True, dynamic_ncols=True, mininterval=0.5)
         losses = []
         for batch in bar:
             batch = tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)
@@ -67,7 +67,7 @@ def fit(step, params, data, epochs: int = 1, eval_fn=None, patience: int | None 
             n_steps += 1
             n_samples += _batch_size(batch)
             if progress:
-                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}",
+                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", refresh=False,
                                 samples_s=f"{n_samples / max(elapsed, 1e-9):,.0f}")
         bar.close()
         history["loss"] += losses
