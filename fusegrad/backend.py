@@ -37,10 +37,11 @@ def exact_math() -> bool:
 
 
 class Runner:
-    def __init__(self, graph, target="cpu", guard=None):
+    def __init__(self, graph, target="cpu", guard=None, remat="none"):
         self.graph = graph
         self.target = check_target(target)
         self.guard = guard
+        self.remat = remat
         self._program: Program | None = None
         self.code = None
         self.build = None
@@ -55,7 +56,7 @@ class Runner:
     def program(self) -> Program:
         """The compiled program (built on first use for the interpreter target)."""
         if self._program is None:
-            self._program = compile_graph(self.graph, guard=self.guard)
+            self._program = compile_graph(self.graph, guard=self.guard, remat=self.remat)
         return self._program
 
     def run(self, inputs, want=None):

@@ -56,7 +56,7 @@ class TrainStep:
     """A compiled training step. Call it as `step(params, *batch)`."""
 
     def __init__(self, loss_fn, optimizer, has_aux=False, trainable=None, seed=0,
-                 target=None):
+                 target=None, remat="none"):
         functools.update_wrapper(self, loss_fn)
         self.loss_fn = loss_fn
         self.optimizer = optimizer
@@ -64,6 +64,11 @@ class TrainStep:
         self.trainable = trainable
         self.seed = int(seed)
         self.target = check_target(target)
+        from .compiler.pipeline import REMAT
+
+        if remat not in REMAT:
+            raise ValueError(f"remat must be one of {REMAT}, got {remat!r}")
+        self.remat = remat
         # runtime scalars live in arrays the compiled step reads each call (no allocation)
         self._lr = np.zeros((), np.float64)
         self._t = np.zeros((), np.int64)
@@ -160,7 +165,8 @@ class TrainStep:
     def _runner(self, prog) -> Runner:
         r = self._runners.get(id(prog))
         if r is None:
-            r = self._runners[id(prog)] = Runner(prog.graph, self.target, guard=0)
+            r = self._runners[id(prog)] = Runner(prog.graph, self.target, guard=0,
+                                                 remat=self.remat)
         return r
 
     def _commit(self, prog, leaves, outs, trained_leaves):
@@ -279,7 +285,7 @@ class TrainStep:
 
 
 def train_step(loss_fn=None, optimizer=None, *, has_aux=False, trainable=None, seed=0,
-               target=None):
+               target=None, remat="none"):
     """Compile a training step; usable as fg.train_step(loss_fn, opt) or
     @fg.train_step(optimizer=opt)."""
     if optimizer is None and loss_fn is not None and not callable(loss_fn):
@@ -287,5 +293,5 @@ def train_step(loss_fn=None, optimizer=None, *, has_aux=False, trainable=None, s
     if optimizer is None:
         raise TypeError("train_step needs an optimizer, e.g. fg.optim.Adam(lr=1e-3)")
     if loss_fn is None:
-        return lambda f: TrainStep(f, optimizer, has_aux, trainable, seed, target)
-    return TrainStep(loss_fn, optimizer, has_aux, trainable, seed, target)
+        return lambda f: TrainStep(f, optimizer, has_aux, trainable, seed, target, remat)
+    return TrainStep(loss_fn, optimizer, has_aux, trainable, seed, target, remat)

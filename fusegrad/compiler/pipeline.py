@@ -14,6 +14,7 @@ from .passes import run_passes
 from .passes.fusion import fuse, kernel_count
 from .passes.memory import MemoryPlan, plan_memory
 from .passes.prepare import prepare_for_fusion
+from .passes.remat import remat_cheap
 
 
 @dataclass(frozen=True)
@@ -39,15 +40,32 @@ class Program:
         }
 
 
-def compile_graph(graph: Graph, dump_dir=None, guard: int | None = None) -> Program:
-    """Run the whole middle end on `graph`. `guard` names the output (the loss) that is checked
-    before parameters are written in place (see passes/fusion.py)."""
-    dump_dir = dump_dir or os.environ.get("FUSEGRAD_DUMP") or None
-    optimized = run_passes(graph, dump_dir=dump_dir)
+REMAT = ("none", "cheap")
+
+
+def _fuse_and_plan(optimized: Graph, guard):
     fused = fuse(prepare_for_fusion(optimized), guard=guard)
     if os.environ.get("FUSEGRAD_VERIFY", "") not in ("", "0"):
         verify_graph(fused)
-    plan = plan_memory(fused)
+    return fused, plan_memory(fused)
+
+
+def compile_graph(graph: Graph, dump_dir=None, guard: int | None = None,
+                  remat: str = "none") -> Program:
+    """Run the whole middle end on `graph`. `guard` names the output (the loss) that is checked
+    before parameters are written in place (see passes/fusion.py); remat="cheap" recomputes
+    elementwise activations in the backward part (passes/remat.py)."""
+    if remat not in REMAT:
+        raise ValueError(f"remat must be one of {REMAT}, got {remat!r}")
+    dump_dir = dump_dir or os.environ.get("FUSEGRAD_DUMP") or None
+    optimized = run_passes(graph, dump_dir=dump_dir)
+    fused, plan = _fuse_and_plan(optimized, guard)
+    if remat == "cheap":  # kept only where recomputing lowers the peak
+        recomputed = remat_cheap(optimized)
+        if recomputed is not optimized:
+            fused_r, plan_r = _fuse_and_plan(recomputed, guard)
+            if plan_r.peak_bytes < plan.peak_bytes:
+                optimized, fused, plan = recomputed, fused_r, plan_r
     if dump_dir:
         from .dump import dump_program
 

@@ -60,6 +60,11 @@ class _Partition:
         # kernel writes no aliased output and runs before every kernel that does
         self.guard = graph.outputs[guard] if guard is not None else None
         self.aliased = {graph.outputs[o] for o, _ in graph.aliases}
+        # recomputed values (passes/remat.py): backward copies of forward nodes, which must
+        # not be fused back into the forward kernels they were copied from
+        forward = {(n.op, n.inputs, n.attrs) for n in graph.nodes if n.part == "forward"}
+        self.recomputed = {n for n in graph.nodes if n.part != "forward"
+                           and (n.op, n.inputs, n.attrs) in forward}
         self.nodes = list(graph.nodes)
         self.index = {n: i for i, n in enumerate(self.nodes)}
         self.producer = {v: n for n in self.nodes for v in n.outputs}
@@ -184,6 +189,8 @@ class _Partition:
             return False
         if self.aliased & {v for n in nodes for v in n.outputs} and \
                 any(n in self.guard_cone for n in nodes):
+            return False
+        if any(n in self.recomputed for n in nodes) and any(n.part == "forward" for n in nodes):
             return False
         if self.loop_plan(nodes) is None or self.creates_cycle(nodes):
             return False
