@@ -270,15 +270,20 @@ class LoopKernel:
             lines.append("    pass")
         return "\n".join(lines)
 
+    def _sum_chunks(self, r, first, slot, scope):
+        """Lines combining reduction r's per-chunk partials in chunk order (scratch[first] is
+        chunk 0's, scratch[slot] chunk c's), the result bound in `scope`."""
+        acc = self._new("acc")
+        scope.names[r.out] = f"{_np(r.out.type.dtype)}({acc})"
+        return [f"{acc} = scratch[{first}]  {self._comment(r)}",
+                "for c in range(1, nch):",
+                "    " + self._accumulate(r.op, acc, f"scratch[{slot}]")]
+
     def _combine(self, col_full, col_scalar, offsets, S):
         CS = _Scope("CS", S)
         lines = []
         for r in col_scalar:
-            acc = self._new("acc")
-            lines += [f"{acc} = scratch[{offsets[r]}]  {self._comment(r)}",
-                      "for c in range(1, nch):",
-                      "    " + self._accumulate(r.op, acc, f"scratch[{offsets[r]} + c]")]
-            CS.names[r.out] = f"{_np(r.out.type.dtype)}({acc})"
+            lines += self._sum_chunks(r, f"{offsets[r]}", f"{offsets[r]} + c", CS)
         for v, names in self.out_arg.items():
             if self.maps[v] == SCALAR and v in self.after_col:
                 val = self.need(v, CS)
@@ -288,11 +293,7 @@ class LoopKernel:
             CJ = _Scope("CJ", CS)
             head = []
             for r in col_full:
-                acc = self._new("acc")
-                head += [f"{acc} = scratch[{offsets[r]} + j]  {self._comment(r)}",
-                         "for c in range(1, nch):",
-                         "    " + self._accumulate(r.op, acc, f"scratch[{offsets[r]} + c * C + j]")]
-                CJ.names[r.out] = f"{_np(r.out.type.dtype)}({acc})"
+                head += self._sum_chunks(r, f"{offsets[r]} + j", f"{offsets[r]} + c * C + j", CJ)
             stores = []
             for v, names in self.out_arg.items():
                 if self.maps[v] in (ROW, FULL) and v in self.after_col:
