@@ -15,7 +15,7 @@ from .backend import Runner, check_target
 from .compiler.autodiff import differentiate
 from .compiler.trace import Traced, graph_inputs, has_tracer, inline, signature_key, trace
 from .ir.printer import format_graph
-from .pytree import TreeDef, flatten, unflatten
+from .pytree import TreeDef, unflatten
 
 log = logging.getLogger("fusegrad")
 STAGES = ("forward", "backward", "optimized", "fused")

@@ -17,7 +17,7 @@ import numpy as np
 
 from .backend import Runner, check_target
 from .compiler.step import StepGraph, build_step_graph
-from .compiler.trace import graph_inputs, is_static_leaf, signature_key
+from .compiler.trace import graph_inputs, signature_key
 from .ir.printer import format_graph
 from .pytree import flatten, leaf_paths, unflatten
 

@@ -41,7 +41,6 @@ def build_step_graph(loss_fn, optimizer: Optimizer, args, trainable_leaves, has_
     With key_kwarg, the loss is traced with key=<an int64 scalar graph input>.
     """
     roles = ["param"] + ["batch"] * (len(args) - 1)
-    fn = loss_fn
     if key_kwarg:
         # the key is one more positional input, passed on to the loss as key=...
         def fn(*a):
@@ -54,6 +53,8 @@ def build_step_graph(loss_fn, optimizer: Optimizer, args, trainable_leaves, has_
              for n in arg_names(loss_fn, len(args)) if n.isidentifier() and n != "key"])
         args = tuple(args) + (np.int64(0),)
         roles.append("hyper")
+    else:
+        fn = loss_fn
     fwd = trace(fn, args, name=name or getattr(loss_fn, "__name__", "loss"), roles=roles)
     graph = fwd.graph
     if key_kwarg:

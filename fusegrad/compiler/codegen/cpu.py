@@ -20,7 +20,6 @@ from pathlib import Path
 
 from ...ir.printer import short_loc, var_names
 from ..passes.prepare import batch_suffix
-from .cpu_expr import literal  # noqa: F401  (re-exported for tests)
 from .cpu_loops import LoopKernel
 from .cpu_movement import MOVEMENT
 
