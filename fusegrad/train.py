@@ -107,8 +107,9 @@ class TrainStep:
         if self._param_tree is not None and tree != self._param_tree:
             raise ValueError("this train_step holds optimizer state for parameters of another "
                              "structure; make a new train_step for a new model")
-        for path, x in zip(leaf_paths(tree, "params"), leaves):
+        for k, x in enumerate(leaves):
             if not isinstance(x, np.ndarray) or not x.flags.writeable:
+                path = leaf_paths(tree, "params")[k]  # names only when there is an error
                 got = "a read-only array" if isinstance(x, np.ndarray) else type(x).__name__
                 raise TypeError(f"{path} must be a writable NumPy array: train_step updates "
                                 f"parameters in place (got {got})")

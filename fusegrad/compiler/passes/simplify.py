@@ -52,14 +52,22 @@ def _operand_of(rw, v, op):
 
 # ---- arithmetic identities -----------------------------------------------------------------
 
-def mul_by_one(node, rw):
-    """x * 1 -> x and 1 * x -> x."""
-    a, b = node.inputs
-    if _is(rw, b, 1):
-        return _as_output(node, rw, a)
-    if _is(rw, a, 1):
-        return _as_output(node, rw, b)
-    return None
+def _drop_identity(value):
+    """Rule for a commutative op with identity `value`: x op value -> x, value op x -> x."""
+
+    def rule(node, rw):
+        a, b = node.inputs
+        if _is(rw, b, value):
+            return _as_output(node, rw, a)
+        if _is(rw, a, value):
+            return _as_output(node, rw, b)
+        return None
+
+    return rule
+
+
+mul_by_one = _drop_identity(1)  # x * 1 -> x and 1 * x -> x
+add_zero = _drop_identity(0)  # x + 0 -> x and 0 + x -> x
 
 
 def mul_by_zero_int(node, rw):
@@ -68,16 +76,6 @@ def mul_by_zero_int(node, rw):
         return None
     if _is(rw, node.inputs[0], 0) or _is(rw, node.inputs[1], 0):
         return rw.broadcast_to(rw.const(0, node.out.dtype), node.out.shape)
-    return None
-
-
-def add_zero(node, rw):
-    """x + 0 -> x and 0 + x -> x."""
-    a, b = node.inputs
-    if _is(rw, b, 0):
-        return _as_output(node, rw, a)
-    if _is(rw, a, 0):
-        return _as_output(node, rw, b)
     return None
 
 
