@@ -408,6 +408,21 @@ def test_layer_norm_gelu_mlp_gradients_match_interpreter():
     assert "tanh_f32(" in kernels and "erf_f32(" in kernels  # the approximations are in use
 
 
+def test_row_kernel_passes_share_values_through_the_row_cache():
+    """LayerNorm's backward makes several passes over a row (two row sums, then the stores):
+    what a later pass needs from an earlier one is stored in a row of scratch and loaded
+    there, not recomputed from all its full-size operands. Results still match the oracle."""
+    rng = np.random.default_rng(12)
+    x = (rng.standard_normal((6, 5)) * 2).astype(np.float32)
+    t = rng.standard_normal((6, 4)).astype(np.float32)
+    f = grads_cpu_and_interpreter(ln_gelu_loss, ln_gelu_params(), x, t)
+    kernels = f.source().split("# ---- kernel", 1)[1]
+    stores = re.findall(r"scratch\[rb \+ (\d+) \* C \+ j\] = ", kernels)
+    loads = re.findall(r"\(scratch\[rb \+ (\d+) \* C \+ j\]\)  # \S+ from the row cache",
+                       kernels)
+    assert stores and set(loads) == set(stores)
+
+
 def test_small_cnn_gradients_match_interpreter():
     """conv2d is unfold + GEMM; the gradient with respect to the image folds."""
     rng = np.random.default_rng(12)
@@ -524,6 +539,23 @@ def test_parameters_and_state_updated_in_place():
         assert not np.array_equal(v, t.initial[k])
     for first, now in zip(t.slots_after_first, flatten(t.cpu.state)[0]):
         assert first is now or isinstance(now, int)  # optimizer state too (but the step count)
+
+
+def test_in_place_updates_pass_each_array_once():
+    """An output the plan writes into an input's storage is stored through that input's own
+    argument: the same buffer passed twice (as a0 and o0) would make LLVM's runtime alias
+    check fail and run the unvectorised loop."""
+    source = trained("adam").cpu.source()
+    calls = re.findall(r"^    ((?:elementwise|row|column|rowcolumn)_\w+)\((.*)\)  #",
+                       run_body(source), re.M)
+    in_place = [name for name, _ in calls if re.search(r"_o\d+a\d+$", name)]
+    assert len(in_place) >= 2  # Adam's parameter, exp_avg and exp_avg_sq updates at least
+    for name, args in calls:
+        arrays = [a for a in args.split(", ") if not a.startswith(("dims", "fconst"))]
+        assert len(arrays) == len(set(arrays)), (name, args)
+        for k, m in re.findall(r"_o(\d+)a(\d+)", name):
+            kernel = source.split(f"# ---- kernel {name} ----", 1)[1].split("# ---- ")[0]
+            assert f"o{k} is stored into a{m}" in kernel
 
 
 def test_frozen_parameters_bitwise_unchanged():

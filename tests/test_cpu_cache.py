@@ -192,7 +192,7 @@ def _loop_kernel_calls(source) -> list:
     """The loop kernels the driver's run() calls, in order."""
     driver = source.split("# ---- kernel")[0].split("def run(", 1)[1].split("\n", 1)[1]
     driver = re.split(r"^\S", driver, maxsplit=1, flags=re.M)[0]  # run() only
-    return re.findall(r"^    ((?:elementwise|row|column|rowcolumn)_[0-9a-f]+)\(", driver, re.M)
+    return re.findall(r"^    ((?:elementwise|row|column|rowcolumn)_[0-9a-f]+(?:_o\d+a\d+)*)\(", driver, re.M)
 
 
 def _mlp_inputs():

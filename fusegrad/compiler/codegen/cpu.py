@@ -94,6 +94,7 @@ class _Driver:
         self.dims = _Table("dims", int)
         self.fconst = _Table("fconst", float)
         self.ref: dict = {}
+        self.storage_key: dict = {}  # driver name -> its storage (same key: same memory)
         self.lines: list[str] = []
         self.kernels: dict = {}
         self.readable: dict = {}
@@ -120,6 +121,7 @@ class _Driver:
                     self.lines.append(f"{name} = arena[{start}:{stop}].view({NP_VIEW[v.dtype]})"
                                       f"  # {self.names[v]} ({v.dtype}) in buf{where.index}")
                     self.ref[v] = name
+                    self.storage_key[name] = ("arena", where.offset, v.type.nbytes, v.dtype)
                 elif kind == "input":
                     self.ref[v] = f"i{where}"
                 elif kind == "view":
@@ -160,21 +162,32 @@ class _Driver:
             for ln in lines[1:]:
                 self.imports.add(ln.split("(")[0])
 
+    def _inplace(self, ins, outs) -> dict:
+        """{output k: input m} for outputs the plan stores in an input's own memory."""
+        key = [self.storage_key.get(x, x) for x in ins]
+        return {k: key.index(self.storage_key.get(o, o)) for k, o in enumerate(outs)
+                if self.storage_key.get(o, o) in key}
+
     def emit_loop(self, node, ins, outs, comment):
-        name = node.attrs["name"]
-        kernel = LoopKernel(node, _region_names(node.region), self.exact_math, structural=True)
+        inplace = self._inplace(ins, outs)
+        # in-place variants are kernels of their own: their signature has fewer arrays
+        name = node.attrs["name"] + "".join(f"_o{k}a{m}" for k, m in sorted(inplace.items()))
+        kernel = LoopKernel(node, _region_names(node.region), self.exact_math, structural=True,
+                            inplace=inplace)
         text = kernel.source(name)  # also collects this call's constant values
         if name not in self.kernels:
             self.kernels[name] = (KERNEL_HEADER.format(name=name, kind=node.attrs["kind"],
                                                        math_stamp=MATH_STAMP) + text + "\n")
-            shown = LoopKernel(node, self._readable_names(node), self.exact_math)
+            shown = LoopKernel(node, self._readable_names(node), self.exact_math,
+                               inplace=inplace)
             self.readable[name] = shown.source(name)
         space = kernel.space
         R, C = (1, space.R * space.C) if kernel.flat else (space.R, space.C)
+        outs = [o for k, o in enumerate(outs) if k not in inplace]
         args = [self.dims(R), self.dims(C), *ins, *outs]
-        if kernel.col_reds:
+        if kernel.uses_scratch:
             args.append("scratch")
-            self.scratch = max(self.scratch, len(kernel.col_reds) * min(R, 8) * max(C, 1))
+            self.scratch = max(self.scratch, kernel.scratch_elements(R, C))
         if kernel.fconsts:
             args.append(self.fconst(*kernel.fconsts, always_slice=True))
         if kernel.iconsts:

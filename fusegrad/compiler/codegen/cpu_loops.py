@@ -47,6 +47,17 @@ class _Scope:
         return s
 
 
+class _Pass:
+    """One loop over j in the row body: its scope's lines, then `tail` (accumulate or store
+    lines). Rendered at the end, because a later pass may add row-cache stores to it."""
+
+    def __init__(self, scope, tail):
+        self.scope, self.tail = scope, tail
+
+    def render(self):
+        return ["for j in range(C):", *("    " + ln for ln in self.scope.lines), *self.tail]
+
+
 def _downstream(nodes, sources):
     tainted = set(sources)
     for n in nodes:
@@ -56,8 +67,13 @@ def _downstream(nodes, sources):
 
 
 class LoopKernel:
-    def __init__(self, kernel, names=None, exact_math=False, structural=False):
+    def __init__(self, kernel, names=None, exact_math=False, structural=False, inplace=None):
         self.kernel = kernel
+        # output k -> input m when the memory plan writes output k into input m's storage: the
+        # kernel then takes that one array and stores into it. Passing the same buffer twice
+        # (as a0 and o0) makes LLVM's runtime alias check fail and run the scalar loop;
+        # one array indexed identically for load and store vectorises.
+        self.inplace = dict(inplace or {})
         self.region = kernel.region
         self.space = Space(tuple(kernel.attrs["space"]), kernel.attrs["split"])
         self.maps, self.reductions = infer_maps(self.region.nodes, self.space)
@@ -78,8 +94,14 @@ class LoopKernel:
         self.iconsts: list = []
         self.out_arg = {}
         for k, v in enumerate(self.region.outputs):
-            self.out_arg.setdefault(v, []).append(f"o{k}")
+            name = f"a{self.inplace[k]}" if k in self.inplace else f"o{k}"
+            self.out_arg.setdefault(v, []).append(name)
         self._tmp = 0
+        # row cache: a value computed in one pass over a row and needed again in a later pass
+        # is stored in a row of scratch (C elements, in cache) when first computed and loaded
+        # there, instead of recomputed from its full-size operands in every pass
+        self._passes: list = []  # the J scopes of the finished passes over the current row
+        self.row_slots: dict = {}  # value -> its slot in the row cache
 
     # ---- facts the driver needs ----
     @property
@@ -89,9 +111,13 @@ class LoopKernel:
                 and not any(n.op == "iota" for n in self.region.nodes))
 
     @property
-    def scratch_rows(self) -> int:
-        """float64 scratch the kernel needs, in units of CHUNKS * (C or 1)."""
-        return len(self.col_reds)
+    def uses_scratch(self) -> bool:
+        return bool(self.col_reds or self.row_slots)
+
+    def scratch_elements(self, R, C) -> int:
+        """float64 scratch one call needs (valid after source()): column partials, then the
+        row cache."""
+        return len(self.col_reds) * min(R, CHUNKS) * max(C, 1) + len(self.row_slots) * C
 
     # ---- emission ----
     def _level(self, v):
@@ -141,6 +167,8 @@ class LoopKernel:
             return name
         node = self.producer[v]
         dtype = v.type.dtype
+        if target.level == "J" and (cached := self._from_earlier_pass(v, node, target)):
+            return cached
         if node.op == "constant":
             name = self._constant(node, scope)
         elif node.op == "iota":
@@ -157,6 +185,27 @@ class LoopKernel:
                 name = self._new()
                 target.lines.append(f"{name} = {expr}  {self._comment(node)}")
         target.names[v] = name
+        return name
+
+    CACHEABLE = ("float32", "float64", "int32", "bool")  # exact in the float64 scratch
+
+    def _from_earlier_pass(self, v, node, scope):
+        """The local loading v from the row cache, when an earlier pass over this row computed
+        it (that pass then also stores it); None otherwise."""
+        if node.op in ("constant", "iota", "broadcast_to", "reshape", "stop_gradient") \
+                or v.type.dtype not in self.CACHEABLE:
+            return None
+        earlier = next((p for p in self._passes if v in p.names), None)
+        if earlier is None:
+            return None
+        if v not in self.row_slots:
+            self.row_slots[v] = len(self.row_slots)
+            earlier.lines.append(f"scratch[rb + {self.row_slots[v]} * C + j] = "
+                                 f"{earlier.names[v]}  # {self.names.get(v, '%?')}: row cache")
+        name = self._new("x")
+        scope.lines.append(f"{name} = {_np(v.type.dtype)}(scratch[rb + {self.row_slots[v]} * C"
+                           f" + j])  # {self.names.get(v, '%?')} from the row cache")
+        scope.names[v] = name
         return name
 
     def _constant(self, node, scope):
@@ -196,7 +245,7 @@ class LoopKernel:
 
     def source(self, fname: str) -> str:
         ins = [self.arg[v] for v in self.region.inputs]
-        outs = [f"o{k}" for k in range(len(self.region.outputs))]
+        outs = [f"o{k}" for k in range(len(self.region.outputs)) if k not in self.inplace]
         self.fconsts, self.iconsts = [], []
         body: list[str] = []
         S = _Scope("S")
@@ -207,15 +256,16 @@ class LoopKernel:
                 for o in names:
                     S.lines.append(f"{o}[0] = {self.need(v, S)}")
         # the row body: phases for row reductions, then the elementwise pass
+        self._passes, self.row_slots = [], {}
         for r in self.row_reds:
             J = _Scope("J", I)
             acc = self._new("acc")
             x = self.need(r.inputs[0], J)
-            block = [f"{acc} = {self._reduce_init(r)}  {self._comment(r)}",
-                     "for j in range(C):", *("    " + ln for ln in J.lines),
-                     "    " + self._accumulate(r.op, acc, x, r.out.type.dtype, True)]
-            I.lines.extend(block)
+            I.lines += [f"{acc} = {self._reduce_init(r)}  {self._comment(r)}",
+                        _Pass(J, ["    " + self._accumulate(r.op, acc, x, r.out.type.dtype,
+                                                            True)])]
             I.names[r.out] = acc
+            self._passes.append(J)
         J = _Scope("J", I)
         stores = []
         for v, names in self.out_arg.items():
@@ -235,7 +285,7 @@ class LoopKernel:
             slot = f"scratch[{offsets[r]} + c * C + j]"
             stores.append(self._accumulate(r.op, slot, x) + f"  {self._comment(r)}")
         if J.lines or stores:
-            I.lines += ["for j in range(C):", *("    " + ln for ln in J.lines + stores)]
+            I.lines.append(_Pass(J, ["    " + ln for ln in stores]))
         for v, names in self.out_arg.items():
             if self.maps[v] == COL and v not in self.after_col:
                 val = self.need(v, I)
@@ -247,9 +297,15 @@ class LoopKernel:
             slot = f"scratch[{offsets[r]} + c]"
             I.lines.append(self._accumulate(r.op, slot, x) + f"  {self._comment(r)}")
 
+        I.lines = [ln for item in I.lines
+                   for ln in (item.render() if isinstance(item, _Pass) else [item])]
         loops: list[str] = []
+        if self.row_slots:  # the row cache lies after the column partials
+            loops += ["nch = min(R, %d)" % CHUNKS] if self.col_reds else []
+            loops += [f"rb = {len(col_full)} * nch * C + {len(col_scalar)} * nch"
+                      if self.col_reds else "rb = 0"]
         if self.col_reds:
-            loops += ["nch = min(R, %d)" % CHUNKS]
+            loops += [] if self.row_slots else ["nch = min(R, %d)" % CHUNKS]
             for r in col_full + col_scalar:  # each reduction's partials start at its identity
                 size = "nch * C" if r in col_full else "nch"
                 init = "0.0" if r.op == "sum" else "-np.inf"
@@ -263,9 +319,13 @@ class LoopKernel:
         elif I.lines:
             loops += ["for i in range(R):", "    base = i * C", *("    " + ln for ln in I.lines)]
         body += S.lines + loops  # S last: later passes hoist scalars into it
-        params = (["R", "C", *ins, *outs] + (["scratch"] if self.col_reds else [])
+        params = (["R", "C", *ins, *outs] + (["scratch"] if self.uses_scratch else [])
                   + (["kf"] if self.fconsts else []) + (["ki"] if self.iconsts else []))
-        lines = [f"def {fname}({', '.join(params)}):"] + ["    " + ln for ln in body]
+        lines = [f"def {fname}({', '.join(params)}):"]
+        if self.inplace:
+            lines.append("    # in place: " + ", ".join(f"o{k} is stored into a{m}"
+                                                  for k, m in sorted(self.inplace.items())))
+        lines += ["    " + ln for ln in body]
         if len(lines) == 1:
             lines.append("    pass")
         return "\n".join(lines)
