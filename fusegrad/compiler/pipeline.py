@@ -14,7 +14,7 @@ from .passes import run_passes
 from .passes.fusion import fuse, kernel_count
 from .passes.memory import MemoryPlan, plan_memory
 from .passes.prepare import prepare_for_fusion
-from .passes.remat import remat_cheap
+from .passes.remat import remat_cheap, remat_min_cut
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class Program:
         }
 
 
-REMAT = ("none", "cheap")
+REMAT = ("none", "cheap", "mincut")
 
 
 def _fuse_and_plan(optimized: Graph, guard):
@@ -59,6 +59,8 @@ def compile_graph(graph: Graph, dump_dir=None, guard: int | None = None,
         raise ValueError(f"remat must be one of {REMAT}, got {remat!r}")
     dump_dir = dump_dir or os.environ.get("FUSEGRAD_DUMP") or None
     optimized = run_passes(graph, dump_dir=dump_dir)
+    if remat == "mincut":  # passes/remat.py: save a minimum cut, recompute the rest
+        optimized = remat_min_cut(optimized)
     fused, plan = _fuse_and_plan(optimized, guard)
     if remat == "cheap":  # kept only where recomputing lowers the peak
         recomputed = remat_cheap(optimized)

@@ -25,6 +25,7 @@ import re
 
 from ...ir import Attrs, Graph, Node, Var
 from ...ir.printer import format_graph
+from .remat import recomputed_nodes
 from .loopspace import (COL, FULL, REDUCTIONS, ROW, MapConflict, Space, infer_maps,
                         is_loop_op, space_for)
 
@@ -62,9 +63,7 @@ class _Partition:
         self.aliased = {graph.outputs[o] for o, _ in graph.aliases}
         # recomputed values (passes/remat.py): backward copies of forward nodes, which must
         # not be fused back into the forward kernels they were copied from
-        forward = {(n.op, n.inputs, n.attrs) for n in graph.nodes if n.part == "forward"}
-        self.recomputed = {n for n in graph.nodes if n.part != "forward"
-                           and (n.op, n.inputs, n.attrs) in forward}
+        self.recomputed = recomputed_nodes(graph)
         self.nodes = list(graph.nodes)
         self.index = {n: i for i, n in enumerate(self.nodes)}
         self.producer = {v: n for n in self.nodes for v in n.outputs}
