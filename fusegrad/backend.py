@@ -12,6 +12,7 @@ import os
 
 import numpy as np
 
+from . import crosscheck
 from .compiler.pipeline import Program, compile_graph
 from .ir import interpret
 
@@ -32,6 +33,11 @@ def check_target(target):
     return target
 
 
+def driver_kind() -> str:
+    """FUSEGRAD_DRIVER: "njit" (default) or "python" (see runtime/cpu.py: CpuBuild)."""
+    return os.environ.get("FUSEGRAD_DRIVER", "njit")
+
+
 def exact_math() -> bool:
     return os.environ.get("FUSEGRAD_EXACT_MATH", "") not in ("", "0")
 
@@ -50,7 +56,7 @@ class Runner:
             from .runtime.cpu import CpuBuild
 
             self.code = generate_cpu(self.program, exact_math=exact_math(), guard=guard)
-            self.build = CpuBuild(self.program, self.code)
+            self.build = CpuBuild(self.program, self.code, driver_kind())
 
     @property
     def program(self) -> Program:
@@ -67,8 +73,13 @@ class Runner:
             outs = interpret(self.graph, [np.asarray(x) for x in inputs])
             ok = self.guard is None or bool(np.all(np.isfinite(outs[self.guard])))
             return ok, [outs[k] for k in want]
+        reference = None
+        if crosscheck.enabled():  # before the run: it may update the inputs in place
+            reference = crosscheck.reference_outputs(self.graph, inputs)
         ok = self.build.run(inputs)
         exe = self.build.executable
+        if reference is not None:
+            crosscheck.check(self.graph, self.guard, ok, exe, reference, self.target)
         return ok, [exe.output(k) for k in want]
 
     def profile(self, inputs, repeats=5) -> list:
@@ -104,5 +115,5 @@ class Runner:
                      load_seconds=self.build.load_seconds, cache_hit=self.build.cache_hit,
                      cache=self.build.cache_reason, kernel_files=self.build.kernel_files,
                      kernel_files_reused=self.build.kernel_files_reused,
-                     driver=self.build.driver_path)
+                     driver=self.build.driver_path, driver_kind=self.build.driver)
         return s

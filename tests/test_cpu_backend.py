@@ -24,6 +24,16 @@ import fusegrad as fg
 from fusegrad.compiler import lax
 from fusegrad.pytree import flatten, unflatten
 
+
+@pytest.fixture(autouse=True, scope="module")
+def njit_driver():
+    """This file tests the driver users get: one compiled call per step (conftest.py gives
+    the rest of the suite the Python driver)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FUSEGRAD_DRIVER", "njit")
+        yield
+
+
 F32 = dict(rtol=1e-5, atol=1e-6)
 F64 = dict(rtol=1e-11, atol=1e-12)
 TOL = {np.float32: F32, np.float64: F64}
@@ -410,16 +420,15 @@ def test_layer_norm_gelu_mlp_gradients_match_interpreter():
 
 def test_row_kernel_passes_share_values_through_the_row_cache():
     """LayerNorm's backward makes several passes over a row (two row sums, then the stores):
-    what a later pass needs from an earlier one is stored in a row of scratch and loaded
+    what a later pass needs from an earlier one is stored in the row cache and loaded
     there, not recomputed from all its full-size operands. Results still match the oracle."""
     rng = np.random.default_rng(12)
     x = (rng.standard_normal((6, 5)) * 2).astype(np.float32)
     t = rng.standard_normal((6, 4)).astype(np.float32)
     f = grads_cpu_and_interpreter(ln_gelu_loss, ln_gelu_params(), x, t)
     kernels = f.source().split("# ---- kernel", 1)[1]
-    stores = re.findall(r"scratch\[rb \+ (\d+) \* C \+ j\] = ", kernels)
-    loads = re.findall(r"\(scratch\[rb \+ (\d+) \* C \+ j\]\)  # \S+ from the row cache",
-                       kernels)
+    stores = re.findall(r"rc\[(\d+) \* C \+ j\] = ", kernels)
+    loads = re.findall(r"\(rc\[(\d+) \* C \+ j\]\)  # \S+ from the row cache", kernels)
     assert stores and set(loads) == set(stores)
 
 
@@ -673,7 +682,7 @@ def test_switching_to_exact_math_runs_exact_kernels(monkeypatch):
 # locals computed from IR values (tN), operand loads (xN), reduction accumulators (accN, named on
 # the line that starts them) and column partial sums (scratch[...] +=)
 COMPUTES = re.compile(r"^\s*(?:t|x)\d+ = |^\s*acc\d+ = np\.|^\s*scratch\[.*\] \+= ")
-COMBINE = re.compile(r"^\s*acc\d+ = scratch\[")
+COMBINE = re.compile(r"^\s*acc\d+ = p\d+\[")  # the first chunk's partial of a column reduction
 
 
 def _kernel_sections(source):
@@ -714,3 +723,19 @@ def test_source_combine_lines_name_ir_values():
     assert combine
     for ln in combine:
         assert re.search(r"# %\d+", ln), ln
+
+
+def test_crosscheck_catches_a_wrong_kernel(monkeypatch):
+    """FUSEGRAD_CROSSCHECK=1 (the suite's setting, conftest.py) compares every compiled run
+    with the interpreter: a kernel 0.1 % off fails the run, naming the output."""
+    from fusegrad.compiler.codegen import cpu_expr
+
+    right = cpu_expr.CPU_EXPR["abs"]
+    monkeypatch.setitem(cpu_expr.CPU_EXPR, "abs",
+                        lambda args, *rest: f"({right(args, *rest)} * np.float32(1.001))")
+    monkeypatch.setenv("FUSEGRAD_CROSSCHECK", "1")
+    x = np.linspace(-2, 2, 12, dtype=np.float32).reshape(3, 4)
+    with pytest.raises(AssertionError, match=r"differ: out \(float32\[3, 4\]\) at \(0, 0\): 3.00"):
+        fg.jit(lambda x: fg.abs(x) + 1.0, target="cpu")(x)
+    monkeypatch.setenv("FUSEGRAD_CROSSCHECK", "0")
+    assert fg.jit(lambda x: fg.abs(x) + 1.0, target="cpu")(x)[0, 0] == np.float32(2 * 1.001 + 1)

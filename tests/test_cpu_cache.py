@@ -27,6 +27,18 @@ import fusegrad as fg
 
 ROOT = Path(__file__).resolve().parents[1]
 
+
+@pytest.fixture(autouse=True, scope="module")
+def njit_driver():
+    """This file tests the driver users get: one compiled call per step (conftest.py gives
+    the rest of the suite the Python driver), without the interpreter cross-check, which would
+    count in its allocation and cache measurements."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FUSEGRAD_DRIVER", "njit")
+        mp.setenv("FUSEGRAD_CROSSCHECK", "0")
+        yield
+
+
 SCRIPT = textwrap.dedent('''\
     """A tiny training run; prints the step's stats as JSON."""
     import json

@@ -28,10 +28,22 @@ def output_storage(fused, plan):
     return out
 
 
-class CpuBuild:
-    """An Executable plus what it took to make it (for stats())."""
+DRIVERS = ("njit", "python")
 
-    def __init__(self, program, code):
+
+class CpuBuild:
+    """An Executable plus what it took to make it (for stats()).
+
+    driver="njit" runs the schedule as one compiled call (the default: no per-kernel Python
+    dispatch, which is ~10 % of a small MLP's step); "python" runs the same schedule as plain
+    Python calling the compiled kernels: no driver compile (a second or more per new program),
+    which is what a test suite compiling hundreds of small programs wants."""
+
+    def __init__(self, program, code, driver="njit"):
+        if driver not in DRIVERS:
+            raise ValueError(f"driver must be one of {DRIVERS}, got {driver!r} "
+                             f"(from FUSEGRAD_DRIVER?)")
+        self.driver = driver
         t0 = time.perf_counter()
         hits = []
         for name, text in code.kernels.items():
@@ -53,7 +65,8 @@ class CpuBuild:
         consts = [n.attrs["value"].array for n in fused.nodes if n.op == "constant"]
         written = {w for v, (kind, w) in plan.storage.items() if kind == "input"
                    and v not in fused.inputs} | {i for _, i in plan.copies_back}
-        self.executable = Executable(module.run, code.dims, code.fconst, plan.arena_bytes,
+        run = module.run if driver == "njit" else module.run_python
+        self.executable = Executable(run, code.dims, code.fconst, plan.arena_bytes,
                                      code.scratch_elements, consts,
                                      output_storage(fused, plan), written, fused.input_names)
         self.compile_seconds = None  # measured at the first run

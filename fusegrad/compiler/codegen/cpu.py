@@ -185,9 +185,11 @@ class _Driver:
         R, C = (1, space.R * space.C) if kernel.flat else (space.R, space.C)
         outs = [o for k, o in enumerate(outs) if k not in inplace]
         args = [self.dims(R), self.dims(C), *ins, *outs]
-        if kernel.uses_scratch:
-            args.append("scratch")
-            self.scratch = max(self.scratch, kernel.scratch_elements(R, C))
+        start = 0
+        for size in kernel.scratch_parts(R, C):  # partials and row cache: slices of scratch
+            args.append(f"scratch[{self.dims(start)}:{self.dims(start + size)}]")
+            start += size
+        self.scratch = max(self.scratch, start)
         if kernel.fconsts:
             args.append(self.fconst(*kernel.fconsts, always_slice=True))
         if kernel.iconsts:
@@ -219,8 +221,13 @@ class _Driver:
         self.lines.append(f"{fn}({ins[0]}, {ins[1]}, {outs[0]}, {sizes}, {ta}, {tb}){comment}")
         self.calls.append((len(self.lines) - 1, comment))
 
-    def _profiled(self, params):
-        """The same schedule as plain Python, timing every kernel call (Runner.profile)."""
+    def _python_twin(self, params, timed):
+        """The same schedule as a plain Python function: `run_python` (the Python driver: no
+        driver compile, a few microseconds per kernel call), or `run_profiled`, which also
+        times every kernel call (Runner.profile)."""
+        if not timed:
+            return ["", "def run_python(" + ", ".join(params) + "):",
+                    *("    " + ln for ln in self.lines), ""]
         marks = {k: c for k, c in self.calls}
         lines = ["", "def run_profiled(_clock, _marks, " + ", ".join(params) + "):",
                  "    _t = _clock()"]
@@ -272,7 +279,7 @@ class _Driver:
                       for k, v in enumerate(self.fused.inputs)]
         body = ["", "", *inputs_doc, "@njit(cache=True, nogil=True)",
                 f"def run({', '.join(params)}):", *("    " + ln for ln in self.lines), "",
-                *self._profiled(params)]
+                *self._python_twin(params, timed=False), *self._python_twin(params, timed=True)]
         return GeneratedCode(self.kernels, "\n".join(header + body), self.dims.values,
                              self.fconst.values, self.scratch, self.readable)
 
@@ -284,7 +291,7 @@ def generate_cpu(program, exact_math=False, guard=None) -> GeneratedCode:
 
 def render_source(code: GeneratedCode) -> str:
     """The driver and every kernel, the kernels commented with this program's IR names."""
-    parts = [code.driver.split("\ndef run_profiled(")[0].rstrip() + "\n"]  # not its timing twin
+    parts = [code.driver.split("\ndef run_python(")[0].rstrip() + "\n"]  # not its Python twins
     for name in sorted(code.readable):
         parts.append(f"# ---- kernel {name} ----\n" + code.readable[name])
     return "\n\n".join(parts) + "\n"

@@ -14,6 +14,11 @@ fixed order, so the result does not depend on threads) and are finished in a com
 j, where the elementwise work on their results runs too (e.g. a bias's optimizer update).
 Every operand is loaded into a local before any output is stored, which is what makes the
 memory plan's in-place writes safe. Each line names its IR value and the user's source line.
+
+Written for LLVM's loop vectoriser, which gives up on a loop when it cannot rule out that a
+store overlaps a load it does not know the distance to: an output stored in place goes
+through its input's own argument, and the column partials (p0, p1...) and the row cache (rc)
+are separate arrays, never regions of one.
 """
 from __future__ import annotations
 
@@ -98,10 +103,11 @@ class LoopKernel:
             self.out_arg.setdefault(v, []).append(name)
         self._tmp = 0
         # row cache: a value computed in one pass over a row and needed again in a later pass
-        # is stored in a row of scratch (C elements, in cache) when first computed and loaded
-        # there, instead of recomputed from its full-size operands in every pass
+        # is stored in the row cache `rc` (C elements a value, in cache) when first computed
+        # and loaded there, instead of recomputed from its full-size operands in every pass
         self._passes: list = []  # the J scopes of the finished passes over the current row
         self.row_slots: dict = {}  # value -> its slot in the row cache
+        self.partials: list = []  # the size of each column reduction's partials array
 
     # ---- facts the driver needs ----
     @property
@@ -110,14 +116,12 @@ class LoopKernel:
         return (not self.reductions and all(m in (FULL, SCALAR) for m in self.maps.values())
                 and not any(n.op == "iota" for n in self.region.nodes))
 
-    @property
-    def uses_scratch(self) -> bool:
-        return bool(self.col_reds or self.row_slots)
-
-    def scratch_elements(self, R, C) -> int:
-        """float64 scratch one call needs (valid after source()): column partials, then the
-        row cache."""
-        return len(self.col_reds) * min(R, CHUNKS) * max(C, 1) + len(self.row_slots) * C
+    def scratch_parts(self, R, C) -> list:
+        """Sizes of the float64 scratch arrays a call takes after its operands (valid after
+        source()): each column reduction's partials, then the row cache."""
+        nch = min(R, CHUNKS)
+        sizes = [nch * C if size == "nch * C" else nch for size in self.partials]
+        return sizes + ([len(self.row_slots) * C] if self.row_slots else [])
 
     # ---- emission ----
     def _level(self, v):
@@ -187,7 +191,7 @@ class LoopKernel:
         target.names[v] = name
         return name
 
-    CACHEABLE = ("float32", "float64", "int32", "bool")  # exact in the float64 scratch
+    CACHEABLE = ("float32", "float64", "int32", "bool")  # exact in float64
 
     def _from_earlier_pass(self, v, node, scope):
         """The local loading v from the row cache, when an earlier pass over this row computed
@@ -200,11 +204,11 @@ class LoopKernel:
             return None
         if v not in self.row_slots:
             self.row_slots[v] = len(self.row_slots)
-            earlier.lines.append(f"scratch[rb + {self.row_slots[v]} * C + j] = "
+            earlier.lines.append(f"rc[{self.row_slots[v]} * C + j] = "
                                  f"{earlier.names[v]}  # {self.names.get(v, '%?')}: row cache")
         name = self._new("x")
-        scope.lines.append(f"{name} = {_np(v.type.dtype)}(scratch[rb + {self.row_slots[v]} * C"
-                           f" + j])  # {self.names.get(v, '%?')} from the row cache")
+        scope.lines.append(f"{name} = {_np(v.type.dtype)}(rc[{self.row_slots[v]} * C + j])"
+                           f"  # {self.names.get(v, '%?')} from the row cache")
         scope.names[v] = name
         return name
 
@@ -275,14 +279,13 @@ class LoopKernel:
                            for o in names]
         col_full = [r for r in self.col_reds if self.maps[r.inputs[0]] == FULL]
         col_scalar = [r for r in self.col_reds if self.maps[r.inputs[0]] == COL]
-        offsets = {}
-        for k, r in enumerate(col_full):
-            offsets[r] = f"{k} * nch * C"
-        for k, r in enumerate(col_scalar):
-            offsets[r] = f"{len(col_full)} * nch * C + {k} * nch"
+        # each column reduction's per-chunk partials are an array argument of their own (a
+        # slice of the driver's scratch): LLVM cannot vectorise a loop updating several
+        # regions of one array at distances it does not know
+        part = {r: f"p{k}" for k, r in enumerate(col_full + col_scalar)}
         for r in col_full:
             x = self.need(r.inputs[0], J)
-            slot = f"scratch[{offsets[r]} + c * C + j]"
+            slot = f"{part[r]}[c * C + j]"
             stores.append(self._accumulate(r.op, slot, x) + f"  {self._comment(r)}")
         if J.lines or stores:
             I.lines.append(_Pass(J, ["    " + ln for ln in stores]))
@@ -294,32 +297,30 @@ class LoopKernel:
                 I.lines += [f"{o}[0] = {self.need(v, I)}" for o in names]
         for r in col_scalar:
             x = self.need(r.inputs[0], I)
-            slot = f"scratch[{offsets[r]} + c]"
+            slot = f"{part[r]}[c]"
             I.lines.append(self._accumulate(r.op, slot, x) + f"  {self._comment(r)}")
 
         I.lines = [ln for item in I.lines
                    for ln in (item.render() if isinstance(item, _Pass) else [item])]
         loops: list[str] = []
-        if self.row_slots:  # the row cache lies after the column partials
-            loops += ["nch = min(R, %d)" % CHUNKS] if self.col_reds else []
-            loops += [f"rb = {len(col_full)} * nch * C + {len(col_scalar)} * nch"
-                      if self.col_reds else "rb = 0"]
         if self.col_reds:
-            loops += [] if self.row_slots else ["nch = min(R, %d)" % CHUNKS]
+            loops += ["nch = min(R, %d)" % CHUNKS]
             for r in col_full + col_scalar:  # each reduction's partials start at its identity
                 size = "nch * C" if r in col_full else "nch"
                 init = "0.0" if r.op == "sum" else "-np.inf"
                 loops += [f"for t in range({size}):",
-                          f"    scratch[{offsets[r]} + t] = {init}  {self._comment(r)}"]
+                          f"    {part[r]}[t] = {init}  {self._comment(r)}"]
             loops += ["for c in range(nch):",
                      "    for i in range(c * R // nch, (c + 1) * R // nch):",
                      "        base = i * C",
                      *("        " + ln for ln in I.lines)]
-            loops += self._combine(col_full, col_scalar, offsets, S)
+            loops += self._combine(col_full, col_scalar, part, S)
         elif I.lines:
             loops += ["for i in range(R):", "    base = i * C", *("    " + ln for ln in I.lines)]
         body += S.lines + loops  # S last: later passes hoist scalars into it
-        params = (["R", "C", *ins, *outs] + (["scratch"] if self.uses_scratch else [])
+        self.partials = [("nch * C" if r in col_full else "nch") for r in part]
+        params = (["R", "C", *ins, *outs] + list(part.values())
+                  + (["rc"] if self.row_slots else [])
                   + (["kf"] if self.fconsts else []) + (["ki"] if self.iconsts else []))
         lines = [f"def {fname}({', '.join(params)}):"]
         if self.inplace:
@@ -331,19 +332,19 @@ class LoopKernel:
         return "\n".join(lines)
 
     def _sum_chunks(self, r, first, slot, scope):
-        """Lines combining reduction r's per-chunk partials in chunk order (scratch[first] is
-        chunk 0's, scratch[slot] chunk c's), the result bound in `scope`."""
+        """Lines combining reduction r's per-chunk partials in chunk order (`first` is chunk
+        0's, `slot` chunk c's), the result bound in `scope`."""
         acc = self._new("acc")
         scope.names[r.out] = f"{_np(r.out.type.dtype)}({acc})"
-        return [f"{acc} = scratch[{first}]  {self._comment(r)}",
+        return [f"{acc} = {first}  {self._comment(r)}",
                 "for c in range(1, nch):",
-                "    " + self._accumulate(r.op, acc, f"scratch[{slot}]")]
+                "    " + self._accumulate(r.op, acc, slot)]
 
-    def _combine(self, col_full, col_scalar, offsets, S):
+    def _combine(self, col_full, col_scalar, part, S):
         CS = _Scope("CS", S)
         lines = []
         for r in col_scalar:
-            lines += self._sum_chunks(r, f"{offsets[r]}", f"{offsets[r]} + c", CS)
+            lines += self._sum_chunks(r, f"{part[r]}[0]", f"{part[r]}[c]", CS)
         for v, names in self.out_arg.items():
             if self.maps[v] == SCALAR and v in self.after_col:
                 val = self.need(v, CS)
@@ -353,7 +354,7 @@ class LoopKernel:
             CJ = _Scope("CJ", CS)
             head = []
             for r in col_full:
-                head += self._sum_chunks(r, f"{offsets[r]} + j", f"{offsets[r]} + c * C + j", CJ)
+                head += self._sum_chunks(r, f"{part[r]}[j]", f"{part[r]}[c * C + j]", CJ)
             stores = []
             for v, names in self.out_arg.items():
                 if self.maps[v] in (ROW, FULL) and v in self.after_col:
