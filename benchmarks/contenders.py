@@ -48,7 +48,13 @@ def _fusegrad(w, target):
     return Fusegrad(w, target)
 
 
+def _cpu_only(target):
+    if target != "cpu":
+        raise Unavailable(f"CPU only (not run with --target {target})")
+
+
 def _numpy(w, target):
+    _cpu_only(target)
     from benchmarks.numpy_backprop import NumpyBackprop
 
     return NumpyBackprop(w)
@@ -57,22 +63,24 @@ def _numpy(w, target):
 def _torch_eager(w, target):
     from benchmarks.torch_contenders import TorchEager
 
-    return TorchEager(w)
+    return TorchEager(w, target)
 
 
 def _torch_compile(w, target):
     from benchmarks.torch_contenders import TorchCompile
 
-    return TorchCompile(w)
+    return TorchCompile(w, target)
 
 
 def _jax(w, target):
+    _cpu_only(target)
     from benchmarks.jax_contender import JaxJit
 
     return JaxJit(w)
 
 
 def _floor(w, target):
+    _cpu_only(target)  # its GEMMs run in NumPy's BLAS: no floor for a GPU
     from benchmarks.gemm_floor import GemmFloor
 
     return GemmFloor(w)

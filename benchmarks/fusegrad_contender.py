@@ -49,6 +49,8 @@ class Fusegrad(Contender):
     def setup(self, params, x, y):
         w = self.workload
         opt = fg.optim.SGD(lr=w.lr) if w.optimizer == "sgd" else fg.optim.Adam(lr=w.lr)
+        if self.target == "cuda":  # copied to the GPU once, as the other GPU contenders do
+            params, x, y = fg.device_put((params, x, y), "cuda")
         self.params, self.x, self.y = params, x, y
         self.train_step = fg.train_step(loss_function(w), opt, target=self.target)
 

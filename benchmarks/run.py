@@ -53,7 +53,8 @@ def parse_args(argv=None):
                     help="run every contender on N threads pinned to the first N CPUs "
                          "(default: each library's own choice; torch is set to 2)")
     ap.add_argument("--target", default="cpu", choices=("cpu", "cuda"),
-                    help="fusegrad target (cuda: not available yet)")
+                    help="where the steps run: cpu, or cuda (fusegrad target='cuda' and PyTorch "
+                         "on the GPU; the CPU-only contenders are left out)")
     ap.add_argument("--cold", action="store_true",
                     help="point FUSEGRAD_CACHE_DIR and TORCHINDUCTOR_CACHE_DIR at fresh "
                          "temporary folders, so compile times are cold compiles (default: the "
@@ -69,6 +70,21 @@ def fresh_caches() -> str:
     return tmp
 
 
+def cuda_device_name():
+    """The GPU's name, or None (after saying why) when target='cuda' cannot run here."""
+    from fusegrad.runtime.cuda_device import CudaUnavailableError, on_simulator, require_cuda
+
+    try:
+        cuda = require_cuda()
+    except CudaUnavailableError as e:
+        print(e)
+        return None
+    if on_simulator():
+        return "Numba's CUDA simulator (timings mean nothing)"
+    name = cuda.get_current_device().name
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
 def limit_threads(n: int):
     """Every worker starts with these (they are read when the libraries load) and pins
     itself to the first n CPUs (worker.py)."""
@@ -80,8 +96,10 @@ def limit_threads(n: int):
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.target == "cuda":
-        print("CUDA backend not available: fusegrad has no CUDA target yet; use --target cpu")
-        return 1
+        device = cuda_device_name()
+        if device is None:
+            return 1
+        print(f"target cuda: {device}")
     tmp = fresh_caches() if args.cold else None
     if args.threads:
         limit_threads(args.threads)

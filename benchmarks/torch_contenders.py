@@ -41,17 +41,22 @@ def model_loss(w, p, x, y):
 class TorchEager(Contender):
     name = "torch eager"
 
-    def __init__(self, workload):
+    def __init__(self, workload, device="cpu"):
         if torch is None:
             raise Unavailable("not installed")
+        if device == "cuda" and not torch.cuda.is_available():
+            raise Unavailable("no CUDA GPU for PyTorch")
         super().__init__(workload)
+        self.device = device
         torch.set_num_threads(THREADS)
 
     def setup(self, params, x, y):
         w = self.workload
-        self.p = {k: torch.from_numpy(v.copy()).requires_grad_(True) for k, v in params.items()}
-        self.x = torch.from_numpy(x)
-        self.y = torch.from_numpy(y)
+        dev = self.device
+        self.p = {k: torch.from_numpy(v.copy()).to(dev).requires_grad_(True)
+                  for k, v in params.items()}
+        self.x = torch.from_numpy(x).to(dev)
+        self.y = torch.from_numpy(y).to(dev)
         ps = list(self.p.values())
         if w.optimizer == "sgd":
             self.opt = torch.optim.SGD(ps, lr=w.lr)
@@ -74,10 +79,16 @@ class TorchEager(Contender):
     def step(self):
         return self.fn(self.x, self.y)
 
+    def sync(self, handle) -> None:
+        if self.device == "cuda":  # kernels run asynchronously: time them to the end
+            torch.cuda.synchronize()
+
     def loss_value(self, handle) -> float:
         return float(handle.item())
 
     def details(self) -> str:
+        if self.device == "cuda":
+            return torch.cuda.get_device_name()
         return f"{torch.get_num_threads()} threads"
 
 
@@ -98,6 +109,6 @@ class TorchCompile(TorchEager):
         try:
             counters = torch._dynamo.utils.counters
             breaks = sum(counters["graph_break"].values())
-            return f"{torch.get_num_threads()} threads, graph breaks {breaks}"
+            return f"{super().details()}, graph breaks {breaks}"
         except Exception:  # noqa: BLE001 - private API, only for the note
-            return f"{torch.get_num_threads()} threads"
+            return super().details()

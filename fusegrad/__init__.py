@@ -5,6 +5,7 @@
     loss = step(params, x, y)       # forward + backward + update, parameters updated in place
 """
 from .api import grad, jit, value_and_grad
+from .device import device_put, to_numpy
 from .gradcheck import GradientCheckError, check_grads
 from . import optim
 from .train import NonFiniteLossError, TrainStep, train_step
@@ -14,4 +15,5 @@ from .ops import __all__ as _ops_all
 
 __version__ = "0.1.0"
 __all__ = ["jit", "grad", "value_and_grad", "check_grads", "GradientCheckError", "optim",
-           "train_step", "TrainStep", "NonFiniteLossError", "fit", *_ops_all]
+           "train_step", "TrainStep", "NonFiniteLossError", "fit", "device_put", "to_numpy",
+           *_ops_all]

@@ -15,6 +15,7 @@ from .backend import Runner, check_target
 from .compiler.autodiff import differentiate
 from .compiler.trace import Traced, graph_inputs, has_tracer, inline, signature_key, trace
 from .ir.printer import format_graph
+from .ir.types import is_device_array
 from .pytree import TreeDef, unflatten
 
 log = logging.getLogger("fusegrad")
@@ -59,7 +60,9 @@ class CompiledFunction:
         if has_tracer(args):
             outs = inline(traced.graph, inputs)
         else:
-            _, outs = self.runner(traced).run([np.asarray(x) for x in inputs])
+            # device arrays (fg.device_put) go to the runner as they are: no copy to the host
+            _, outs = self.runner(traced).run([x if is_device_array(x) else np.asarray(x)
+                                               for x in inputs])
         return unflatten(traced.out_tree, outs)
 
     def trace(self, *args) -> Traced:

@@ -1,10 +1,11 @@
-"""Running a traced graph on a target: the Numba CPU backend or the reference interpreter.
+"""Running a traced graph on a target: Numba on the CPU or a GPU, or the reference interpreter.
 
     runner = Runner(graph, target="cpu", guard=0)
     ok, outputs = runner.run(inputs)
 
-"cpu" compiles the graph (passes, fusion, memory plan, generated Numba code); "interpret" runs
-the traced graph op by op with NumPy: the oracle every compiled result is tested against.
+"cpu" compiles the graph (passes, fusion, memory plan, generated Numba code), "cuda" the same
+Program into Numba CUDA kernels (runtime/cuda.py); "interpret" runs the traced graph op by op
+with NumPy: the oracle every compiled result is tested against (see crosscheck.py).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from . import crosscheck
 from .compiler.pipeline import Program, compile_graph
 from .ir import interpret
 
-TARGETS = ("cpu", "interpret")
+TARGETS = ("cpu", "interpret", "cuda")
 
 
 def default_target() -> str:
@@ -25,9 +26,10 @@ def default_target() -> str:
 
 def check_target(target):
     target = target or default_target()
-    if target == "cuda":
-        raise ValueError("target='cuda' is not available yet: the CUDA backend has not landed; "
-                         "use target='cpu'")
+    if target == "cuda":  # a GPU, or Numba's simulator; else an error that says what to do
+        from .runtime.cuda_device import require_cuda
+
+        require_cuda()
     if target not in TARGETS:
         raise ValueError(f"target={target!r} is not available; choose one of {TARGETS}")
     return target
@@ -57,6 +59,13 @@ class Runner:
 
             self.code = generate_cpu(self.program, exact_math=exact_math(), guard=guard)
             self.build = CpuBuild(self.program, self.code, driver_kind())
+        elif self.target == "cuda":
+            from .compiler.codegen.cuda import generate_cuda
+            from .compiler.codegen.cuda_config import launch_config
+            from .runtime.cuda import CudaBuild
+
+            self.code = generate_cuda(self.program, launch_config(), guard=guard)
+            self.build = CudaBuild(self.program, self.code)
 
     @property
     def program(self) -> Program:
@@ -89,6 +98,8 @@ class Runner:
 
         if self.build is None:
             raise RuntimeError("profile() needs target='cpu'")
+        if self.target == "cuda":
+            return self.build.profile(inputs, repeats)
         self.run(inputs)
         exe = self.build.executable
         module = self.build.module
@@ -103,6 +114,10 @@ class Runner:
                 for k in range(len(runs[0]))]
 
     def source(self) -> str:
+        if self.target == "cuda":
+            from .compiler.codegen.cuda import render_cuda_source
+
+            return render_cuda_source(self.code)
         from .compiler.codegen.cpu import generate_cpu, render_source
 
         code = self.code or generate_cpu(self.program, exact_math=exact_math(), guard=self.guard)

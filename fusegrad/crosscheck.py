@@ -23,9 +23,11 @@ def enabled() -> bool:
 
 
 def reference_outputs(graph, inputs) -> list:
-    """The interpreter's outputs for `inputs` (copies: the compiled run may update the inputs
-    in place)."""
-    return interpret(graph, [np.array(x, copy=True) for x in inputs])
+    """The interpreter's outputs for `inputs` (host copies: the compiled run may update the
+    inputs in place, and some may be device arrays)."""
+    from .device import to_numpy
+
+    return interpret(graph, [np.array(to_numpy(x), copy=True) for x in inputs])
 
 
 def check(graph, guard, ok, exe, reference, target):

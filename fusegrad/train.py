@@ -18,6 +18,7 @@ import numpy as np
 from .backend import Runner, check_target
 from .compiler.step import StepGraph, build_step_graph
 from .compiler.trace import graph_inputs, signature_key
+from .device import copy_into, device_put, is_device_array, to_numpy, zeros
 from .ir.printer import format_graph
 from .pytree import flatten, leaf_paths, unflatten
 
@@ -49,7 +50,8 @@ def _trainable_mask(trainable, params) -> list[bool]:
                              "params (or a predicate (path, array) -> bool)")
         mask = [bool(t) for t in t_leaves]
     # integer leaves (counters, indices) are carried, never trained
-    return [m and np.asarray(x).dtype.kind == "f" for m, x in zip(mask, leaves)]
+    return [m and np.dtype(x.dtype if is_device_array(x) else np.asarray(x).dtype).kind == "f"
+            for m, x in zip(mask, leaves)]
 
 
 class TrainStep:
@@ -108,6 +110,13 @@ class TrainStep:
             raise ValueError("this train_step holds optimizer state for parameters of another "
                              "structure; make a new train_step for a new model")
         for k, x in enumerate(leaves):
+            if is_device_array(x):  # fg.device_put: updated in place on the device
+                if self.target != "cuda":
+                    path = leaf_paths(tree, "params")[k]
+                    raise TypeError(f"{path} is a device array (fg.device_put) but this "
+                                    f"train_step runs on target={self.target!r}: make it with "
+                                    f"target='cuda', or pass fg.to_numpy(params)")
+                continue
             if not isinstance(x, np.ndarray) or not x.flags.writeable:
                 path = leaf_paths(tree, "params")[k]  # names only when there is an error
                 got = "a read-only array" if isinstance(x, np.ndarray) else type(x).__name__
@@ -119,8 +128,8 @@ class TrainStep:
     def _init_state(self, leaves, prog: StepGraph):
         if self._slots is None:
             pos = {prog.traced.array_leaves[k]: k for k in prog.trained}
-            self._slots = {
-                s: [np.zeros(x.shape, x.dtype) if i in pos else None  # C order, always
+            self._slots = {  # where the step runs: on the device for target="cuda"
+                s: [zeros(x.shape, x.dtype, self.target) if i in pos else None  # C order
                     for i, x in enumerate(leaves)]
                 for s in prog.slots
             }
@@ -253,13 +262,13 @@ class TrainStep:
         if params is not None:
             leaves, tree = flatten(params)
             for p, x in zip(leaf_paths(tree, "params"), leaves):
-                arrays[f"param:{p}"] = np.asarray(x)
+                arrays[f"param:{p}"] = to_numpy(x)
         if self._slots is not None:
             paths = leaf_paths(self._param_tree, "params")
             for s, values in self._slots.items():
                 for p, x in zip(paths, values):
                     if x is not None:
-                        arrays[f"{s}:{p}"] = x
+                        arrays[f"{s}:{p}"] = to_numpy(x)
         np.savez(path, **arrays)
 
     def load(self, path, params=None):
@@ -274,7 +283,7 @@ class TrainStep:
             for p, x in zip(leaf_paths(tree, "params"), leaves):
                 if f"param:{p}" not in data:
                     raise KeyError(f"checkpoint {path} has no parameter {p}")
-                np.copyto(x, data[f"param:{p}"])
+                copy_into(x, data[f"param:{p}"])
             self._params = params
         slot_names = sorted({k.split(":", 1)[0] for k in data if not k.startswith(("__", "param:"))})
         if slot_names:
@@ -283,6 +292,8 @@ class TrainStep:
                                    "can be matched to the parameters")
             paths = leaf_paths(self._param_tree, "params")
             self._slots = {s: [data.get(f"{s}:{p}") for p in paths] for s in slot_names}
+            if self.target == "cuda":  # state lives on the device
+                self._slots = {s: device_put(v) for s, v in self._slots.items()}
 
 
 def train_step(loss_fn=None, optimizer=None, *, has_aux=False, trainable=None, seed=0,

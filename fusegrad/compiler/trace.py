@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..ir import Graph, TensorType, as_dtype
+from ..ir.types import is_device_array
 from ..pytree import TreeDef, flatten, leaf_paths, unflatten
 from .tracer import TraceContext, Tracer, TraceError
 
@@ -36,8 +37,8 @@ def leaf_type(x, path: str) -> TensorType:
     if isinstance(x, Tracer):
         return x._var.type
     try:
-        a = x if isinstance(x, np.ndarray) else np.asarray(x)
-        return TensorType(as_dtype(a.dtype), a.shape)
+        a = x if isinstance(x, np.ndarray) or is_device_array(x) else np.asarray(x)
+        return TensorType(as_dtype(a.dtype), tuple(a.shape))
     except TypeError as exc:
         raise TypeError(f"argument {path}: {exc}") from None
 
@@ -61,6 +62,8 @@ def signature_key(args):
             sig.append(("static", type(x).__name__, x))
         elif isinstance(x, Tracer):
             sig.append((x.shape, x.dtype.str))
+        elif is_device_array(x):  # typed without a copy to the host
+            sig.append((tuple(x.shape), np.dtype(x.dtype).str))
         else:
             a = np.asarray(x)
             sig.append((a.shape, a.dtype.str))

@@ -51,6 +51,14 @@ class TensorType:
         return TensorType(as_dtype(a.dtype), a.shape)
 
 
+def is_device_array(x) -> bool:
+    """Is x an array in GPU memory (a Numba device array, CuPy, anything with the CUDA array
+    interface, or the CUDA simulator's stand-in)? Its shape and dtype type it; it is never read
+    on the host to do so."""
+    return (hasattr(x, "__cuda_array_interface__")
+            or getattr(type(x), "__cuda_ndarray__", False) is True)
+
+
 def broadcast_shapes(*shapes, op: str = "broadcast") -> tuple[int, ...]:
     """NumPy broadcasting of several shapes; raises ShapeError naming `op` and all shapes."""
     ndim = max((len(s) for s in shapes), default=0)
