@@ -1,6 +1,7 @@
 """TensorType and NumPy broadcasting rules."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,7 +31,7 @@ class TensorType:
 
     @property
     def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
+        return math.prod(self.shape)  # exact Python ints; fusion asks ~100k times a program
 
     @property
     def nbytes(self) -> int:
