@@ -3,23 +3,27 @@ running target="cuda", "cpu" and "interpret" on the same inputs and raising if t
 
 Run by cuda_sim_cases.py (on Numba's CUDA simulator, or a GPU) in a process of its own, which
 also compiles some of these models to PTX. Shapes are tiny: on the simulator every CUDA thread
-is an OS thread.
+is an OS thread. The models test_cpu_backend.py runs too live in backend_models.py (their CPU
+kernels are then in the disk cache); that module and tree_checks.py are imported from this
+directory, which is on sys.path both under pytest and in cuda_sim_cases.py's process.
 """
 from __future__ import annotations
 
-import math
 import re
 
 import numpy as np
 
 import fusegrad as fg
-from fusegrad.compiler import lax
-from fusegrad.pytree import flatten, unflatten
+from fusegrad.pytree import flatten
 
-F32 = dict(rtol=1e-5, atol=1e-6)
-F64 = dict(rtol=1e-11, atol=1e-12)
-TOL = {np.float32: F32, np.float64: F64}
-STEP_TOL = dict(rtol=1e-4, atol=1e-5)
+from backend_models import (attention_inputs, attention_loss, cnn_inputs, cnn_loss, dropout_fn,
+                            dropout_inputs, elementwise_inputs, elementwise_zoo, embedding_inputs,
+                            embedding_loss, ln_gelu_loss, ln_gelu_params, mlp_batches, mlp_loss,
+                            mlp_params, movement, movement_inputs, row_kernels,
+                            softmax_regression_loss, softmax_regression_params)
+from tree_checks import (F32, F64, STEP_TOL, TOL, assert_tree_bitwise, assert_tree_close,
+                         tree_copy)
+
 CASES: dict = {}
 
 
@@ -29,37 +33,6 @@ def case(fn):
 
 
 # ---- helpers -------------------------------------------------------------------------------------
-
-def assert_tree_close(got, want, what, **tol):
-    g_leaves, g_tree = flatten(fg.to_numpy(got))
-    w_leaves, w_tree = flatten(fg.to_numpy(want))
-    assert g_tree == w_tree, f"{what}: structure {g_tree} != {w_tree}"
-    for k, (g, w) in enumerate(zip(g_leaves, w_leaves)):
-        g, w = np.asarray(g), np.asarray(w)
-        assert (g.dtype, g.shape) == (w.dtype, w.shape), f"{what}: leaf {k} {g.dtype}{g.shape} " \
-                                                         f"vs {w.dtype}{w.shape}"
-        if g.dtype.kind == "f":
-            np.testing.assert_allclose(g, w, equal_nan=True, err_msg=f"{what}: leaf {k}", **tol)
-        else:
-            np.testing.assert_array_equal(g, w, err_msg=f"{what}: leaf {k}")
-
-
-def tree_copy(tree):
-    """Host copies of every array leaf (NumPy or device)."""
-    leaves, treedef = flatten(fg.to_numpy(tree))
-    return unflatten(treedef, [np.array(x, copy=True) if isinstance(x, np.ndarray) else x
-                               for x in leaves])
-
-
-def assert_tree_bitwise(a, b, what):
-    a_leaves, _ = flatten(fg.to_numpy(a))
-    b_leaves, _ = flatten(fg.to_numpy(b))
-    for k, (x, y) in enumerate(zip(a_leaves, b_leaves)):
-        if isinstance(x, (int, np.integer)):
-            assert x == y, f"{what}: leaf {k}"
-            continue
-        assert np.asarray(x).tobytes() == np.asarray(y).tobytes(), f"{what}: leaf {k} changed"
-
 
 def three_targets(fn, *args, tol=F32, grads=False, argnums=0):
     """fn on cuda, cpu and the interpreter (or value_and_grad of it): all agree. Returns the
@@ -81,109 +54,10 @@ def launched(source, pattern) -> bool:
     return pattern in source.split("# ---- kernel")[0].split("def run(", 1)[1]
 
 
-# ---- models (the structures of test_cpu_backend.py: their CPU kernels are in the disk cache) ---
-
-def mlp_loss(p, x, y):
-    h = fg.relu(x @ p["w1"] + p["b1"])
-    return fg.cross_entropy(h @ p["w2"] + p["b2"], y)
-
-
-def mlp_params(seed=0, dtype=np.float32):
-    rng = np.random.default_rng(seed)
-    return {"w1": (rng.standard_normal((4, 6)) * 0.5).astype(dtype),
-            "b1": (rng.standard_normal(6) * 0.1).astype(dtype),
-            "w2": (rng.standard_normal((6, 3)) * 0.5).astype(dtype),
-            "b2": np.zeros(3, dtype)}
-
-
-def mlp_batches(n, seed=1, dtype=np.float32):
-    rng = np.random.default_rng(seed)
-    return [((rng.standard_normal((8, 4)) * 2).astype(dtype), rng.integers(0, 3, 8))
-            for _ in range(n)]
-
-
-def ln_gelu_loss(p, x, t):
-    h = fg.layer_norm(x @ p["w1"] + p["b1"], p["ln_w"], p["ln_b"])
-    h = fg.gelu(h, approximate="tanh")
-    h = fg.gelu(h @ p["w2"], approximate="none")
-    return fg.mse(h, t)
-
-
-def ln_gelu_params(seed=2):
-    rng = np.random.default_rng(seed)
-    f = np.float32
-    return {"w1": (rng.standard_normal((5, 8)) * 0.6).astype(f),
-            "b1": (rng.standard_normal(8) * 0.1).astype(f),
-            "ln_w": (1 + 0.2 * rng.standard_normal(8)).astype(f),
-            "ln_b": (0.2 * rng.standard_normal(8)).astype(f),
-            "w2": (rng.standard_normal((8, 4)) * 0.5).astype(f)}
-
-
-def cnn_loss(p, x, y):
-    h = fg.relu(fg.conv2d(x, p["conv_w"], stride=1, padding=1, bias=p["conv_b"]))
-    h = fg.reshape(h, (x.shape[0], -1))
-    return fg.cross_entropy(h @ p["fc_w"] + p["fc_b"], y)
-
-
-def attention_loss(p, x, w, heads=2):
-    b, t, d = x.shape
-    dh = d // heads
-
-    def split(h):
-        return fg.transpose(fg.reshape(h, (b, t, heads, dh)), (0, 2, 1, 3))
-
-    q, k, v = (split(x @ p[name]) for name in ("wq", "wk", "wv"))
-    scores = fg.matmul(q, fg.swapaxes(k, -1, -2)) / math.sqrt(dh)
-    out = fg.matmul(fg.softmax(scores, axis=-1), v)
-    out = fg.reshape(fg.transpose(out, (0, 2, 1, 3)), (b, t, d))
-    return fg.sum((out @ p["wo"] + p["bo"]) * w)
-
-
-def softmax_regression_loss(p, x, y):
-    logits = x @ p["w"]
-    if "b" in p:
-        logits = logits + p["b"]
-    return fg.cross_entropy(logits, y)
-
-
-def softmax_regression_params():
-    rng = np.random.default_rng(15)
-    return {"w": (rng.standard_normal((4, 3)) * 0.5).astype(np.float32),
-            "b": (rng.standard_normal(3) * 0.1).astype(np.float32)}
-
-
 # ---- 1. every kernel kind ----------------------------------------------------------------------
 
-def elementwise_zoo(a, b, row, col, s, i, j):
-    affine = a * row + col * s - 1.5
-    mx, mn = fg.maximum(a, b), fg.minimum(a, row)
-    chosen = fg.where(a > b, a, b * col)
-    logic = ((a >= row) & (b < col)) | ~(a == b) | (a != a)
-    ints = i * 3 - j + fg.astype(fg.maximum(i, 2), "int64") - fg.abs(i) * i
-    casts = (fg.astype(i, a.dtype) / (fg.abs(row) + 1), fg.astype(b > 0, a.dtype),
-             fg.astype(row * 2.5, "int32"), fg.astype(a, "float64"))
-    transcendental = (fg.exp(a), fg.log(a), fg.tanh(a), fg.sigmoid(a), fg.erf(a))
-    libm = (fg.sqrt(fg.abs(b)) + fg.log1p(fg.abs(b)) + fg.rsqrt(fg.abs(b) + 1) + fg.sin(b)
-            + fg.cos(b) + fg.sign(b) + fg.power(fg.abs(b) + 0.5, 1.5) + fg.reciprocal(b))
-    return (affine, mx, mn, chosen, logic, ints) + casts + transcendental + (libm,)
-
-
-def _special_values(dtype):
-    return np.array([0.0, -0.0, 1.0, -1.0, np.inf, -np.inf, np.nan, 100.0, -100.0, 88.5,
-                     -88.5, 1e-30, 20.0, -20.0, 0.5, 3.0], dtype)
-
-
 def _elementwise(dtype):
-    rng = np.random.default_rng(0)
-    a = np.stack([_special_values(dtype), rng.standard_normal(16).astype(dtype) * 3])
-    b = rng.standard_normal((2, 16)).astype(dtype)
-    b[1, 2] = np.nan
-    row = rng.standard_normal(16).astype(dtype)
-    col = rng.standard_normal((2, 1)).astype(dtype)
-    s = np.asarray(0.75, dtype)
-    i = rng.integers(-5, 6, (2, 16)).astype(np.int32)
-    j = rng.integers(-5, 6, (2, 16)).astype(np.int64)
-    f = three_targets(elementwise_zoo, a, b, row, col, s, i, j, tol=TOL[dtype])
+    f = three_targets(elementwise_zoo, *elementwise_inputs(dtype), tol=TOL[dtype])
     assert launched(f.source(), "elementwise_")
 
 
@@ -195,11 +69,6 @@ def elementwise_f32():
 @case
 def elementwise_f64():
     _elementwise(np.float64)
-
-
-def row_kernels(x, w, b):
-    return (fg.softmax(x, axis=-1), fg.log_softmax(x, axis=-1), fg.layer_norm(x, w, b),
-            fg.max(x, axis=1), x - fg.max(x, axis=-1, keepdims=True), fg.logsumexp(x, axis=1))
 
 
 @case
@@ -290,28 +159,9 @@ def cublas_path_batching_with_numpy_standing_in_for_cupy():
                                            err_msg=f"{batch, a_batch, b_batch, ta, tb}")
 
 
-def movement(x, y, table, ids, labels):
-    return (fg.transpose(x, (2, 0, 1)),
-            x[::-1, 1:4:2, ::-2],
-            fg.pad(x, ((1, 0), (0, 2), (1, 1)), constant_values=0.5),
-            fg.concatenate([x, y], axis=1),
-            fg.embedding(ids, table),
-            fg.argmax(x, axis=1),
-            fg.one_hot(labels, 6) @ table,
-            lax.iota((3, 5, 6), 1, "float32"),
-            fg.sum(x, axis=1), fg.max(x, axis=1))
-
-
 @case
 def opaque_movement_kernels():
-    rng = np.random.default_rng(8)
-    x = rng.standard_normal((3, 4, 5)).astype(np.float32)
-    x[1, 0, 2] = x[1, 3, 2] = 9.0  # an argmax tie: the first index wins
-    y = rng.standard_normal((3, 2, 5)).astype(np.float32)
-    table = rng.standard_normal((6, 3)).astype(np.float32)
-    ids = np.array([[1, 4, 1], [0, 1, 5]])
-    labels = np.array([2, 0, 5, 2])
-    f = three_targets(movement, x, y, table, ids, labels)
+    f = three_targets(movement, *movement_inputs())
     for fn in ("strided_copy(", "fill(", "gather(", "argmax(", "iota(", "reduce_middle("):
         assert launched(f.source(), fn), fn
 
@@ -325,49 +175,26 @@ def argmax_ties_and_nan():
 
 @case
 def embedding_gradient_scatter_add():
-    rng = np.random.default_rng(9)
-    table = rng.standard_normal((6, 3)).astype(np.float32)
-    ids = np.array([[1, 4, 1], [0, 1, 1]])
-    f = three_targets(lambda t, i: fg.sum(fg.tanh(fg.embedding(i, t)) * 2.0), table, ids,
-                      grads=True)
+    f = three_targets(embedding_loss, *embedding_inputs(), grads=True)
     assert launched(f.source(), "scatter_add(")
 
 
 @case
 def dropout_random_bits_match_the_interpreter():
-    rng = np.random.default_rng(10)
-    x32 = rng.standard_normal((6, 7)).astype(np.float32)
-    x64 = rng.standard_normal((5, 3)).astype(np.float64)
-    seed = np.asarray(1234, np.int64)
-
-    def fn(x32, x64, seed):
-        return (fg.dropout(x32, 0.5, key=(seed, np.int64(3))), fg.dropout(x64, 0.25, key=seed))
-
-    got = fg.jit(fn, target="cuda")(x32, x64, seed)
-    assert_tree_bitwise(got, fg.jit(fn, target="interpret")(x32, x64, seed), "dropout")
+    args = dropout_inputs()
+    got = fg.jit(dropout_fn, target="cuda")(*args)
+    assert_tree_bitwise(got, fg.jit(dropout_fn, target="interpret")(*args), "dropout")
 
 
 @case
 def small_cnn_gradients_unfold_fold():
-    rng = np.random.default_rng(12)
-    p = {"conv_w": (rng.standard_normal((2, 1, 3, 3)) * 0.5).astype(np.float32),
-         "conv_b": (rng.standard_normal(2) * 0.1).astype(np.float32),
-         "fc_w": (rng.standard_normal((32, 3)) * 0.3).astype(np.float32),
-         "fc_b": np.zeros(3, np.float32)}
-    x, y = rng.standard_normal((2, 1, 4, 4)).astype(np.float32), np.array([2, 0])
-    f = three_targets(cnn_loss, p, x, y, grads=True, argnums=(0, 1))
+    f = three_targets(cnn_loss, *cnn_inputs(), grads=True, argnums=(0, 1))
     assert launched(f.source(), "unfold(") and launched(f.source(), "fold(")
 
 
 @case
 def attention_block_gradients():
-    rng = np.random.default_rng(13)
-    d = 4
-    p = {n: (rng.standard_normal((d, d)) / 2).astype(np.float32) for n in ("wq", "wk", "wv", "wo")}
-    p["bo"] = (0.1 * rng.standard_normal(d)).astype(np.float32)
-    x = rng.standard_normal((2, 3, d)).astype(np.float32)
-    w = rng.standard_normal((2, 3, d)).astype(np.float32)
-    three_targets(attention_loss, p, x, w, grads=True)
+    three_targets(attention_loss, *attention_inputs(), grads=True)
 
 
 @case
@@ -530,4 +357,4 @@ def source_names_ir_values():
     for line in kernels.splitlines():
         if computes.match(line):
             assert re.search(r"# %\d+", line), f"no IR value named on {line!r}"
-    assert "cuda_cases.py:" in kernels  # the user's source lines
+    assert "backend_models.py:" in kernels  # the user's source lines (mlp_loss's)

@@ -27,8 +27,9 @@ import warnings
 import numpy as np
 
 import fusegrad as fg
-from cuda_cases import (CASES, attention_loss, cnn_loss, elementwise_zoo, ln_gelu_loss,
-                        ln_gelu_params, mlp_batches, mlp_loss, mlp_params, movement)
+from backend_models import (attention_loss, cnn_loss, elementwise_zoo, ln_gelu_loss,
+                            ln_gelu_params, mlp_batches, mlp_loss, mlp_params, movement)
+from cuda_cases import CASES
 
 # ---- ahead-of-time compilation for a real GPU (no GPU needed) -----------------------------------
 

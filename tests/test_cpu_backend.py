@@ -5,14 +5,14 @@ generated source.
 
 Every test runs the same function with target="cpu" (the product's default; asked for explicitly
 because conftest.py makes the interpreter the suite's default) and target="interpret" (the
-oracle) on the same inputs. Shapes are tiny and models are shared between tests: each distinct
-program costs a Numba compile (seconds when cold; the disk cache makes later runs fast).
+oracle) on the same inputs. Shapes are tiny and models are shared between tests (and with the
+CUDA backend's cases: backend_models.py): each distinct program costs a Numba compile (seconds
+when cold; the disk cache makes later runs fast).
 """
 from __future__ import annotations
 
 import copy
 import inspect
-import math
 import os
 import re
 import sys
@@ -21,8 +21,14 @@ import numpy as np
 import pytest
 
 import fusegrad as fg
-from fusegrad.compiler import lax
-from fusegrad.pytree import flatten, unflatten
+from fusegrad.pytree import flatten
+
+from backend_models import (attention_inputs, attention_loss, cnn_inputs, cnn_loss, dropout_fn,
+                            dropout_inputs, elementwise_inputs, elementwise_zoo, embedding_inputs,
+                            embedding_loss, ln_gelu_loss, ln_gelu_params, mlp_batches, mlp_loss,
+                            mlp_params, movement, movement_inputs, row_kernels,
+                            softmax_regression_loss, softmax_regression_params)
+from tree_checks import F32, STEP_TOL, TOL, assert_tree_bitwise, assert_tree_close, tree_copy
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -34,45 +40,7 @@ def njit_driver():
         yield
 
 
-F32 = dict(rtol=1e-5, atol=1e-6)
-F64 = dict(rtol=1e-11, atol=1e-12)
-TOL = {np.float32: F32, np.float64: F64}
-STEP_TOL = dict(rtol=1e-4, atol=1e-5)  # several float32 training steps
-
-
 # ---- helpers -----------------------------------------------------------------------------------
-
-
-def assert_tree_close(got, want, **tol):
-    """Same structure, dtypes and shapes; values close (NaN where NaN); ints and bools equal."""
-    g_leaves, g_tree = flatten(got)
-    w_leaves, w_tree = flatten(want)
-    assert g_tree == w_tree
-    for k, (g, w) in enumerate(zip(g_leaves, w_leaves)):
-        g, w = np.asarray(g), np.asarray(w)
-        assert (g.dtype, g.shape) == (w.dtype, w.shape), f"leaf {k}"
-        if g.dtype.kind == "f":
-            np.testing.assert_allclose(g, w, equal_nan=True, err_msg=f"leaf {k}", **tol)
-        else:
-            np.testing.assert_array_equal(g, w, err_msg=f"leaf {k}")
-
-
-def assert_tree_bitwise(a, b):
-    a_leaves, a_tree = flatten(a)
-    b_leaves, b_tree = flatten(b)
-    assert a_tree == b_tree
-    for x, y in zip(a_leaves, b_leaves):
-        if isinstance(x, (int, np.integer)):
-            assert x == y
-            continue
-        x, y = np.asarray(x), np.asarray(y)
-        assert (x.dtype, x.shape) == (y.dtype, y.shape)
-        assert x.tobytes() == y.tobytes()
-
-
-def tree_copy(tree):
-    leaves, treedef = flatten(tree)
-    return unflatten(treedef, [None if x is None else np.array(x, copy=True) for x in leaves])
 
 
 def cpu_and_interpreter(fn, *args, **tol):
@@ -119,119 +87,19 @@ def line_of(fn, text: str) -> int:
     return start + next(k for k, ln in enumerate(lines) if text in ln)
 
 
-# ---- models shared by several tests --------------------------------------------------------------
-
-
-def mlp_loss(p, x, y):
-    h = fg.relu(x @ p["w1"] + p["b1"])
-    return fg.cross_entropy(h @ p["w2"] + p["b2"], y)
-
-
-def mlp_params(seed=0, dtype=np.float32):
-    rng = np.random.default_rng(seed)
-    return {"w1": (rng.standard_normal((4, 6)) * 0.5).astype(dtype),
-            "b1": (rng.standard_normal(6) * 0.1).astype(dtype),
-            "w2": (rng.standard_normal((6, 3)) * 0.5).astype(dtype),
-            "b2": np.zeros(3, dtype)}
-
-
-def mlp_batches(n, seed=1, dtype=np.float32):
-    rng = np.random.default_rng(seed)
-    return [((rng.standard_normal((8, 4)) * 2).astype(dtype), rng.integers(0, 3, 8))
-            for _ in range(n)]
-
-
-def ln_gelu_loss(p, x, t):
-    """A LayerNorm + GELU(tanh) layer, then an erf-GELU layer, then a mean squared error."""
-    h = fg.layer_norm(x @ p["w1"] + p["b1"], p["ln_w"], p["ln_b"])
-    h = fg.gelu(h, approximate="tanh")
-    h = fg.gelu(h @ p["w2"], approximate="none")
-    return fg.mse(h, t)
-
-
-def ln_gelu_params(seed=2):
-    rng = np.random.default_rng(seed)
-    f = np.float32
-    return {"w1": (rng.standard_normal((5, 8)) * 0.6).astype(f),
-            "b1": (rng.standard_normal(8) * 0.1).astype(f),
-            "ln_w": (1 + 0.2 * rng.standard_normal(8)).astype(f),
-            "ln_b": (0.2 * rng.standard_normal(8)).astype(f),
-            "w2": (rng.standard_normal((8, 4)) * 0.5).astype(f)}
-
-
-def cnn_loss(p, x, y):
-    h = fg.relu(fg.conv2d(x, p["conv_w"], stride=1, padding=1, bias=p["conv_b"]))
-    h = fg.reshape(h, (x.shape[0], -1))
-    return fg.cross_entropy(h @ p["fc_w"] + p["fc_b"], y)
-
-
-def attention(p, x, heads=2):
-    b, t, d = x.shape
-    dh = d // heads
-
-    def split(h):  # (B, T, D) -> (B, H, T, dh)
-        return fg.transpose(fg.reshape(h, (b, t, heads, dh)), (0, 2, 1, 3))
-
-    q, k, v = (split(x @ p[name]) for name in ("wq", "wk", "wv"))
-    scores = fg.matmul(q, fg.swapaxes(k, -1, -2)) / math.sqrt(dh)
-    out = fg.matmul(fg.softmax(scores, axis=-1), v)
-    out = fg.reshape(fg.transpose(out, (0, 2, 1, 3)), (b, t, d))
-    return out @ p["wo"] + p["bo"]
-
-
-def attention_loss(p, x, w):
-    return fg.sum(attention(p, x) * w)
-
-
 # =================================================================================================
 # 1. every kernel kind against the interpreter
 # =================================================================================================
 
 
-def elementwise_zoo(a, b, row, col, s, i, j):
-    """One elementwise kernel's worth of ops: ROW / COL / SCALAR broadcasts, NaN-propagating
-    maximum, select, comparisons and logic, integer arithmetic, casts, transcendentals (the
-    float32 approximations each on its own output; the libm ones summed)."""
-    affine = a * row + col * s - 1.5
-    mx, mn = fg.maximum(a, b), fg.minimum(a, row)
-    chosen = fg.where(a > b, a, b * col)
-    logic = ((a >= row) & (b < col)) | ~(a == b) | (a != a)
-    ints = i * 3 - j + fg.astype(fg.maximum(i, 2), "int64") - fg.abs(i) * i
-    casts = (fg.astype(i, a.dtype) / (fg.abs(row) + 1), fg.astype(b > 0, a.dtype),
-             fg.astype(row * 2.5, "int32"), fg.astype(a, "float64"))
-    approximated = (fg.exp(a), fg.log(a), fg.tanh(a), fg.sigmoid(a), fg.erf(a))
-    libm = (fg.sqrt(fg.abs(b)) + fg.log1p(fg.abs(b)) + fg.rsqrt(fg.abs(b) + 1) + fg.sin(b)
-            + fg.cos(b) + fg.sign(b) + fg.power(fg.abs(b) + 0.5, 1.5) + fg.reciprocal(b))
-    return (affine, mx, mn, chosen, logic, ints) + casts + approximated + (libm,)
-
-
-def _special_values(dtype):
-    """Values the float32 approximations must get right: infinities, NaN, overflow, tiny."""
-    return np.array([0.0, -0.0, 1.0, -1.0, np.inf, -np.inf, np.nan, 100.0, -100.0, 88.5,
-                     -88.5, 1e-30, 20.0, -20.0, 0.5, 3.0], dtype)
-
-
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 def test_elementwise_kernel_matches_interpreter(dtype):
-    rng = np.random.default_rng(0)
-    a = np.stack([_special_values(dtype), rng.standard_normal(16).astype(dtype) * 3])
-    b = rng.standard_normal((2, 16)).astype(dtype)
-    b[1, 2] = np.nan  # NaN in the second operand of maximum
-    row = rng.standard_normal(16).astype(dtype)
-    col = rng.standard_normal((2, 1)).astype(dtype)
-    s = np.asarray(0.75, dtype)
-    i = rng.integers(-5, 6, (2, 16)).astype(np.int32)
-    j = rng.integers(-5, 6, (2, 16)).astype(np.int64)
+    a, b, row, col, s, i, j = elementwise_inputs(dtype)
     with np.errstate(all="ignore"):
         f = cpu_and_interpreter(elementwise_zoo, a, b, row, col, s, i, j, **TOL[dtype])
     assert f.stats()["kernels"] <= 2  # fused, not one kernel per op
     mx = f(a, b, row, col, s, i, j)[1]
     assert np.isnan(mx[0, 6]) and np.isnan(mx[1, 2]) and np.isnan(mx).sum() == 2
-
-
-def row_kernels(x, w, b):
-    return (fg.softmax(x, axis=-1), fg.log_softmax(x, axis=-1), fg.layer_norm(x, w, b),
-            fg.max(x, axis=1), x - fg.max(x, axis=-1, keepdims=True), fg.logsumexp(x, axis=1))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
@@ -336,27 +204,8 @@ def test_integer_matmul_uses_gemm_loops():
     assert gemm_flags(f.source()) == {("False", "False"), ("False", "True")}
 
 
-def movement(x, y, table, ids, labels):
-    return (fg.transpose(x, (2, 0, 1)),
-            x[::-1, 1:4:2, ::-2],  # negative steps
-            fg.pad(x, ((1, 0), (0, 2), (1, 1)), constant_values=0.5),
-            fg.concatenate([x, y], axis=1),
-            fg.embedding(ids, table),  # gather with repeated ids
-            fg.argmax(x, axis=1),
-            fg.one_hot(labels, 6) @ table,  # an iota-based one_hot feeding a GEMM
-            lax.iota((3, 5, 6), 1, "float32"),  # the library iota (axis 1 is neither i nor j)
-            fg.sum(x, axis=1), fg.max(x, axis=1))  # middle-axis reductions
-
-
 def test_opaque_kernels_match_interpreter():
-    rng = np.random.default_rng(8)
-    x = rng.standard_normal((3, 4, 5)).astype(np.float32)
-    x[1, 0, 2] = x[1, 3, 2] = 9.0  # an argmax tie: the first index wins
-    y = rng.standard_normal((3, 2, 5)).astype(np.float32)
-    table = rng.standard_normal((6, 3)).astype(np.float32)
-    ids = np.array([[1, 4, 1], [0, 1, 5]])
-    labels = np.array([2, 0, 5, 2])
-    f = cpu_and_interpreter(movement, x, y, table, ids, labels)
+    f = cpu_and_interpreter(movement, *movement_inputs())
     calls = library_calls(f.source())
     assert {"strided_copy", "fill", "gather", "argmax", "iota", "reduce_middle", "gemm"} <= calls
 
@@ -367,29 +216,16 @@ def test_argmax_ties_and_nan_match_interpreter():
     cpu_and_interpreter(lambda x: (fg.argmax(x, axis=-1), fg.argmax(x, axis=0), fg.argmax(x)), x)
 
 
-def embedding_loss(table, ids):
-    return fg.sum(fg.tanh(fg.embedding(ids, table)) * 2.0)
-
-
 def test_scatter_add_via_embedding_gradient_with_repeated_ids():
-    rng = np.random.default_rng(9)
-    table = rng.standard_normal((6, 3)).astype(np.float32)
-    ids = np.array([[1, 4, 1], [0, 1, 1]])  # id 1 four times, ids 2, 3, 5 never
+    table, ids = embedding_inputs()  # id 1 four times, ids 2, 3, 5 never
     f = grads_cpu_and_interpreter(embedding_loss, table, ids)
     _, g = f(table, ids)
     assert np.all(g[[2, 3, 5]] == 0) and np.all(g[1] != 0)
     assert {"gather", "scatter_add"} <= library_calls(f.source())
 
 
-def dropout_fn(x32, x64, seed):
-    return (fg.dropout(x32, 0.5, key=(seed, np.int64(3))), fg.dropout(x64, 0.25, key=seed))
-
-
 def test_random_uniform_via_dropout_is_bitwise_the_interpreters():
-    rng = np.random.default_rng(10)
-    x32 = rng.standard_normal((6, 7)).astype(np.float32)
-    x64 = rng.standard_normal((5, 3)).astype(np.float64)
-    seed = np.asarray(1234, np.int64)
+    x32, x64, seed = dropout_inputs()
     f = fg.jit(dropout_fn, target="cpu")
     got = f(x32, x64, seed)
     want = fg.jit(dropout_fn, target="interpret")(x32, x64, seed)
@@ -434,39 +270,12 @@ def test_row_kernel_passes_share_values_through_the_row_cache():
 
 def test_small_cnn_gradients_match_interpreter():
     """conv2d is unfold + GEMM; the gradient with respect to the image folds."""
-    rng = np.random.default_rng(12)
-    p = {"conv_w": (rng.standard_normal((2, 1, 3, 3)) * 0.5).astype(np.float32),
-         "conv_b": (rng.standard_normal(2) * 0.1).astype(np.float32),
-         "fc_w": (rng.standard_normal((32, 3)) * 0.3).astype(np.float32),
-         "fc_b": np.zeros(3, np.float32)}
-    x, y = rng.standard_normal((2, 1, 4, 4)).astype(np.float32), np.array([2, 0])
-    f = grads_cpu_and_interpreter(cnn_loss, p, x, y, argnums=(0, 1))
+    f = grads_cpu_and_interpreter(cnn_loss, *cnn_inputs(), argnums=(0, 1))
     assert {"unfold", "fold"} <= library_calls(f.source())
 
 
 def test_attention_block_gradients_match_interpreter():
-    rng = np.random.default_rng(13)
-    d = 4
-    p = {n: (rng.standard_normal((d, d)) / 2).astype(np.float32) for n in ("wq", "wk", "wv", "wo")}
-    p["bo"] = (0.1 * rng.standard_normal(d)).astype(np.float32)
-    x = rng.standard_normal((2, 3, d)).astype(np.float32)
-    w = rng.standard_normal((2, 3, d)).astype(np.float32)
-    grads_cpu_and_interpreter(attention_loss, p, x, w)
-
-
-def softmax_regression_loss(p, x, y):
-    logits = x @ p["w"]
-    if "b" in p:  # static: decided when the function is traced
-        logits = logits + p["b"]
-    return fg.cross_entropy(logits, y)
-
-
-def softmax_regression_params(bias=True):
-    rng = np.random.default_rng(15)
-    p = {"w": (rng.standard_normal((4, 3)) * 0.5).astype(np.float32)}
-    if bias:
-        p["b"] = (rng.standard_normal(3) * 0.1).astype(np.float32)
-    return p
+    grads_cpu_and_interpreter(attention_loss, *attention_inputs())
 
 
 def weights_only():
@@ -704,16 +513,16 @@ def test_source_names_ir_values_and_user_lines():
                 assert re.search(r"# %\d+", line), f"{name}: no IR value named on {line!r}"
     relu_line = line_of(mlp_loss, "fg.relu(")
     head_line = line_of(mlp_loss, "cross_entropy")
-    here = os.path.basename(__file__)
+    model_file = os.path.basename(inspect.getsourcefile(mlp_loss))  # backend_models.py
     kernels = "".join(sections.values())
-    assert f"({here}:{relu_line})" in kernels and f"({here}:{head_line})" in kernels
+    assert f"({model_file}:{relu_line})" in kernels and f"({model_file}:{head_line})" in kernels
     # the driver: every kernel call says which IR values it computes and the kernel's kind
     calls = [ln for ln in run_body(source).splitlines() if re.match(r"^    [a-z_]\w*\(", ln)]
     assert len(calls) >= 8
     for ln in calls:
         assert re.search(r"# %\d+(, %\d+)* = (elementwise|row|column|row\+column|gemm|opaque)\b",
                          ln), ln
-    assert any(f"({here}:{head_line})" in ln for ln in calls)
+    assert any(f"({model_file}:{head_line})" in ln for ln in calls)
     assert "if not np.isfinite(" in run_body(source)  # the loss guard, before any update
 
 

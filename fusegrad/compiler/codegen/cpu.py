@@ -20,10 +20,11 @@ from pathlib import Path
 
 from ...ir.printer import short_loc, var_names
 from ..passes.prepare import batch_suffix
+from .common import LOOP_KINDS, NP_TYPE as NP_VIEW, Table as _Table
+from .common import structural_names as _region_names
 from .cpu_loops import LoopKernel
 from .cpu_movement import MOVEMENT
 
-LOOP_KINDS = ("elementwise", "row", "column", "row+column")
 # Numba's cache does not see changes in inlined functions: stamp kernels with cpu_math's hash
 MATH_STAMP = hashlib.sha1(b"".join(
     (Path(__file__).parent / f).read_bytes() for f in ("cpu_math.py", "cpu_intrinsics.py")
@@ -44,8 +45,6 @@ from fusegrad.compiler.codegen.cpu_math import erf_f32, exp_f32, log_f32, sigmoi
 # cpu_intrinsics), and no 'arcp'/'afn', whose reciprocal-sqrt sequences make 1/sqrt(0) NaN
 @njit(cache=True, fastmath={{"contract"}}, error_model="numpy", nogil=True)
 '''
-NP_VIEW = {"float32": "np.float32", "float64": "np.float64", "int32": "np.int32",
-           "int64": "np.int64", "bool": "np.bool_"}
 
 
 @dataclass
@@ -56,31 +55,6 @@ class GeneratedCode:
     fconst: list  # the driver's float constants for this signature
     scratch_elements: int  # float64 scratch the column kernels need
     readable: dict = field(default_factory=dict)  # name -> kernel source with this program's names
-
-
-class _Table:
-    """A table of numbers the driver reads (`dims`: int64 sizes, `fconst`: float64 constants),
-    so that the driver's text does not depend on them."""
-
-    def __init__(self, name, cast):
-        self.name, self.cast = name, cast
-        self.values: list = []
-
-    def __call__(self, *values, always_slice=False) -> str:
-        k = len(self.values)
-        self.values.extend(self.cast(v) for v in values)
-        if len(values) == 1 and not always_slice:
-            return f"{self.name}[{k}]"
-        return f"{self.name}[{k}:{k + len(values)}]"
-
-
-def _region_names(region) -> dict:
-    """Structural names for a kernel file: r0, r1, ... in definition order."""
-    names = {v: f"r{k}" for k, v in enumerate(region.inputs)}
-    for n in region.nodes:
-        for v in n.outputs:
-            names[v] = f"r{len(names)}"
-    return names
 
 
 class _Driver:

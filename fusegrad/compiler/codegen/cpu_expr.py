@@ -10,8 +10,7 @@ import math
 
 import numpy as np
 
-_NP_TYPE = {"float32": "np.float32", "float64": "np.float64", "int32": "np.int32",
-            "int64": "np.int64"}
+from .common import NP_TYPE as _NP_TYPE
 
 
 def literal(value, dtype: str) -> str:

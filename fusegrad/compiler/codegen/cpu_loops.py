@@ -24,32 +24,10 @@ from __future__ import annotations
 
 from ...ir.printer import short_loc
 from ..passes.loopspace import COL, FULL, ROW, SCALAR, Space, iota_index, infer_maps
+from .common import Scope as _Scope, downstream as _downstream, np_type as _np
 from .cpu_expr import CPU_EXPR, literal
 
 CHUNKS = 8  # column-reduction chunks: fixed, so sums never depend on the thread count
-
-
-class _Scope:
-    """Locals defined at one level of the loop nest, and the lines that define them."""
-
-    def __init__(self, level, parent=None):
-        self.level, self.parent = level, parent
-        self.names: dict = {}
-        self.lines: list[str] = []
-
-    def lookup(self, v):
-        s = self
-        while s is not None:
-            if v in s.names:
-                return s.names[v]
-            s = s.parent
-        return None
-
-    def at(self, levels):
-        s = self
-        while s is not None and s.level not in levels:
-            s = s.parent
-        return s
 
 
 class _Pass:
@@ -61,14 +39,6 @@ class _Pass:
 
     def render(self):
         return ["for j in range(C):", *("    " + ln for ln in self.scope.lines), *self.tail]
-
-
-def _downstream(nodes, sources):
-    tainted = set(sources)
-    for n in nodes:
-        if any(v in tainted for v in n.inputs):
-            tainted.update(n.outputs)
-    return tainted
 
 
 class LoopKernel:
@@ -362,8 +332,3 @@ class LoopKernel:
                     stores += [f"{o}[j] = {val}" for o in names]
             lines += ["for j in range(C):", *("    " + ln for ln in head + CJ.lines + stores)]
         return lines
-
-
-def _np(dtype):
-    return {"float32": "np.float32", "float64": "np.float64", "int32": "np.int32",
-            "int64": "np.int64", "bool": "np.bool_"}[dtype]

@@ -22,11 +22,11 @@ from math import prod
 from ...ir import Attrs, Graph, Node
 from ...ir.printer import short_loc, var_names
 from ..passes.prepare import batch_suffix
+from .common import LOOP_KINDS, Table, structural_names
 from .cpu_movement import MOVEMENT as CPU_MOVEMENT
 from .cuda_config import LaunchConfig, blocks_for
-from .cuda_loops import CudaLoop, multi_source, structural_names
+from .cuda_loops import CudaLoop, multi_source
 
-LOOP_KINDS = ("elementwise", "row", "column", "row+column")
 # CUDA passes a kernel's arguments in 4 KiB: Numba spends 56 bytes on a 1-D array, 8 on a
 # scalar; a multi-tensor update larger than this budget is split into several launches
 PARAM_BYTES = 3800
@@ -56,21 +56,6 @@ class CudaCode:
     signatures: dict = field(default_factory=dict)  # name -> argument types ("int64", "f:float32")
 
 
-class _Table:
-    """Numbers the driver reads (dims: ints, fconst: floats), so its text does not hold them."""
-
-    def __init__(self, name, cast):
-        self.name, self.cast = name, cast
-        self.values: list = []
-
-    def __call__(self, *values, always_slice=False) -> str:
-        k = len(self.values)
-        self.values.extend(self.cast(v) for v in values)
-        if len(values) == 1 and not always_slice:
-            return f"{self.name}[{k}]"
-        return f"{self.name}[{k}:{k + len(values)}]"
-
-
 class _Driver:
     def __init__(self, program, cfg: LaunchConfig, guard=None):
         self.fused = program.fused
@@ -78,8 +63,8 @@ class _Driver:
         self.cfg = cfg
         self.guard = guard
         self.names = var_names(self.fused)
-        self.dims = _Table("dims", int)
-        self.fconst = _Table("fconst", float)
+        self.dims = Table("dims", int)
+        self.fconst = Table("fconst", float)
         self.ref: dict = {}
         self.lines: list[str] = []
         self.calls: list = []  # (line index, comment) of every launch, for run_profiled

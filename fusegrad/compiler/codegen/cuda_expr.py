@@ -11,10 +11,6 @@ from __future__ import annotations
 
 from .cpu_expr import CPU_EXPR, literal
 
-_NP = {"float32": "np.float32", "float64": "np.float64", "int32": "np.int32",
-       "int64": "np.int64", "bool": "np.bool_"}
-
-
 def _typed(expr, dtype):
     return f"np.float32({expr})" if dtype == "float32" else expr
 
@@ -64,11 +60,6 @@ CUDA_EXPR.update({
     "pow": _pow,
     "abs": _abs,
 })
-
-
-def np_type(dtype: str) -> str:
-    """The NumPy scalar constructor a kernel casts with (np.float32, ...)."""
-    return _NP[dtype]
 
 
 def numba_type(dtype: str) -> str:

@@ -29,36 +29,13 @@ import re
 
 from ...ir.printer import short_loc
 from ..passes.loopspace import COL, FULL, ROW, SCALAR, Space, iota_index, infer_maps
+from .common import Scope as _Scope, downstream as _downstream, np_type
 from .cpu_expr import literal
-from .cuda_expr import CUDA_EXPR, np_type, numba_type
+from .cuda_expr import CUDA_EXPR, numba_type
 
 PASS_THROUGH = ("broadcast_to", "reshape", "stop_gradient")  # no code: the maps index them
 DECORATOR = "@cuda.jit(cache=True)"
 STRIDE_J = "for j in range(tid, C, THREADS):"  # a block's threads over one row
-
-
-class _Scope:
-    """Locals defined at one loop level (S: once per thread, I: per row, J: per element,
-    CS/CJ: the combine kernel's scalar part and its loop over columns)."""
-
-    def __init__(self, levels, parent=None):
-        self.levels, self.parent = frozenset(levels), parent
-        self.names: dict = {}
-        self.lines: list[str] = []
-
-    def lookup(self, v):
-        s = self
-        while s is not None:
-            if v in s.names:
-                return s.names[v]
-            s = s.parent
-        return None
-
-    def at(self, levels):
-        s = self
-        while s is not None and not (s.levels & levels):
-            s = s.parent
-        return s
 
 
 class _Fn:
@@ -74,14 +51,6 @@ class _Fn:
                 + [f"ki{k}" for k in range(len(self.iconsts))])
 
 
-def _downstream(nodes, sources):
-    tainted = set(sources)
-    for n in nodes:
-        if any(v in tainted for v in n.inputs):
-            tainted.update(n.outputs)
-    return tainted
-
-
 def _plus(*terms) -> str:
     """A sum of index terms as text, the empty ones left out ("" for none)."""
     return " + ".join(t for t in terms if t)
@@ -93,24 +62,6 @@ def _at(offset, index) -> str:
 
 def _indent(lines, depth=1):
     return ["    " * depth + ln for ln in lines]
-
-
-def structural_names(region) -> dict:
-    """r0, r1, ... in definition order, nested regions included (names in the module file
-    depend only on the kernel's structure)."""
-    names: dict = {}
-
-    def walk(g):
-        for v in g.inputs:
-            names.setdefault(v, f"r{len(names)}")
-        for n in g.nodes:
-            for v in n.outputs:
-                names.setdefault(v, f"r{len(names)}")
-            if n.region is not None:
-                walk(n.region)
-
-    walk(region)
-    return names
 
 
 class CudaLoop:
