@@ -576,3 +576,17 @@ def test_hot_loops_are_vectorised(tmp_path, monkeypatch):
         # scalar remainder loops and per-call scalars stay; unvectorised, the LayerNorm-backward
         # kernel had 13 vector float ops to 112 scalar ones, vectorised 69 to 114
         assert vector >= scalar / 4, f"{name}: {vector} vector and {scalar} scalar float ops"
+
+
+def test_strided_copies_run_over_merged_dimensions():
+    """A bias broadcast to NCHW is a strided_copy whose inner loop covers H*W (the two
+    dimensions both sides step through as one), not W. (The copies' results are checked
+    against the interpreter by the CNN and movement tests.)"""
+    from fusegrad.compiler.codegen.cpu_movement import merge_dims
+
+    # (N, C, H, W) = (2, 3, 4, 5): source strides of a (C,) bias, destination contiguous
+    assert merge_dims((0, 1, 0, 0), (60, 20, 5, 1), (2, 3, 4, 5)) == ((0, 1, 0), (60, 20, 1),
+                                                                       (2, 3, 20))
+    assert merge_dims((20, 5, 1), (20, 5, 1), (2, 4, 5)) == ((1,), (1,), (40,))  # one run
+    assert merge_dims((1, 3), (2, 1), (3, 2)) == ((1, 3), (2, 1), (3, 2))  # a transpose stays
+    assert merge_dims((4, 1), (4, 1), (1, 1)) == ((0,), (0,), (1,))  # a single element

@@ -72,8 +72,16 @@ def strided_copy(src, src_offset, src_strides, dst, dst_offset, dst_strides, siz
                         s4 = s3 + i4 * src_strides[4]
                         d4 = d3 + i4 * dst_strides[4]
                         ss, ds = src_strides[5], dst_strides[5]
-                        for i5 in range(n5):
-                            dst[d4 + i5 * ds] = src[s4 + i5 * ss]
+                        if ds == 1 and ss == 1:  # contiguous: a loop that vectorises
+                            for i5 in range(n5):
+                                dst[d4 + i5] = src[s4 + i5]
+                        elif ds == 1 and ss == 0:  # a broadcast row
+                            v = src[s4]
+                            for i5 in range(n5):
+                                dst[d4 + i5] = v
+                        else:
+                            for i5 in range(n5):
+                                dst[d4 + i5 * ds] = src[s4 + i5 * ss]
 
 
 @njit(**_OPTS)
@@ -110,17 +118,26 @@ def scatter_add(idx, upd, out, A, N, B, K):
 
 @njit(**_OPTS)
 def reduce_middle(x, out, A, N, B, is_max):
+    """out[a, b] = sum or max over t of x[a, t, b]: t in order for each b (the interpreter's
+    order), b innermost so the loops run over contiguous memory and vectorise."""
     for a in range(A):
+        ob, xb = a * B, a * N * B
+        if N == 0:
+            for b in range(B):
+                out[ob + b] = 0
+            continue
         for b in range(B):
-            acc = x[a * N * B + b]
+            out[ob + b] = x[xb + b]
+        if is_max:
             for t in range(1, N):
-                v = x[(a * N + t) * B + b]
-                if is_max:
-                    if v > acc or v != v:
-                        acc = v
-                else:
-                    acc += v
-            out[a * B + b] = acc if N > 0 else 0
+                for b in range(B):
+                    v = x[xb + t * B + b]
+                    acc = out[ob + b]
+                    out[ob + b] = v if (v > acc or v != v) else acc
+        else:
+            for t in range(1, N):
+                for b in range(B):
+                    out[ob + b] += x[xb + t * B + b]
 
 
 @njit(**_OPTS)
@@ -151,41 +168,64 @@ def iota(out, A, N, B):
 # ---- windows: unfold (im2col) and fold (col2im), NCHW, PyTorch's (C, kh, kw) ordering --------
 
 @njit(**_OPTS)
+def _window_range(O, s, p, j, X):
+    """The output positions o in [lo, hi) whose input index o*s - p + j lies in [0, X): the
+    others read the zero padding. Loops over [lo, hi) have no branch, so they vectorise."""
+    lo = max(0, -((j - p) // s))  # ceil((p - j) / s)
+    hi = min(O, (X - 1 + p - j) // s + 1)
+    return lo, max(lo, hi)
+
+
+@njit(**_OPTS)
 def unfold(x, out, N, C, H, W, kh, kw, sh, sw, ph, pw, OH, OW):
     L = OH * OW
     for n in range(N):
         for c in range(C):
             for i in range(kh):
+                ohl, ohh = _window_range(OH, sh, ph, i, H)
                 for j in range(kw):
                     row = ((n * C + c) * kh + i) * kw + j
+                    owl, owh = _window_range(OW, sw, pw, j, W)
                     for oh in range(OH):
-                        h = oh * sh - ph + i
-                        for ow in range(OW):
-                            w = ow * sw - pw + j
-                            v = x[0] * 0
-                            if 0 <= h < H and 0 <= w < W:
-                                v = x[((n * C + c) * H + h) * W + w]
-                            out[row * L + oh * OW + ow] = v
+                        o = row * L + oh * OW
+                        if oh < ohl or oh >= ohh:
+                            for ow in range(OW):
+                                out[o + ow] = 0
+                            continue
+                        xb = ((n * C + c) * H + oh * sh - ph + i) * W - pw + j
+                        for ow in range(owl):
+                            out[o + ow] = 0
+                        if sw == 1:
+                            for ow in range(owl, owh):
+                                out[o + ow] = x[xb + ow]
+                        else:
+                            for ow in range(owl, owh):
+                                out[o + ow] = x[xb + ow * sw]
+                        for ow in range(owh, OW):
+                            out[o + ow] = 0
 
 
 @njit(**_OPTS)
 def fold(cols, out, N, C, H, W, kh, kw, sh, sw, ph, pw, OH, OW):
     L = OH * OW
-    for i in range(out.size):
-        out[i] = 0
+    for k in range(out.size):
+        out[k] = 0
     for n in range(N):
         for c in range(C):
             for i in range(kh):
+                ohl, ohh = _window_range(OH, sh, ph, i, H)
                 for j in range(kw):
                     row = ((n * C + c) * kh + i) * kw + j
-                    for oh in range(OH):
-                        h = oh * sh - ph + i
-                        if h < 0 or h >= H:
-                            continue
-                        for ow in range(OW):
-                            w = ow * sw - pw + j
-                            if 0 <= w < W:
-                                out[((n * C + c) * H + h) * W + w] += cols[row * L + oh * OW + ow]
+                    owl, owh = _window_range(OW, sw, pw, j, W)
+                    for oh in range(ohl, ohh):
+                        o = row * L + oh * OW
+                        xb = ((n * C + c) * H + oh * sh - ph + i) * W - pw + j
+                        if sw == 1:
+                            for ow in range(owl, owh):
+                                out[xb + ow] += cols[o + ow]
+                        else:
+                            for ow in range(owl, owh):
+                                out[xb + ow * sw] += cols[o + ow]
 
 
 # ---- counter-based random numbers: the interpreter's splitmix64, bit for bit -----------------

@@ -28,7 +28,24 @@ def _pad6(values, fill):
     return (fill,) * (RANK - len(values)) + values
 
 
+def merge_dims(src_strides, dst_strides, sizes):
+    """The same copy over fewer, longer dimensions: size-1 dimensions dropped, and a dimension
+    folded into the next where both sides step through them as through one (then the inner
+    loop of strided_copy is long, and contiguous where the data is)."""
+    dims = [(s, d, n) for s, d, n in zip(src_strides, dst_strides, sizes) if n != 1]
+    merged: list = []
+    for s, d, n in dims:
+        if merged and merged[-1][0] == s * n and merged[-1][1] == d * n:
+            merged[-1] = (s, d, merged[-1][2] * n)
+        else:
+            merged.append((s, d, n))
+    if not merged:
+        return (0,), (0,), (1,)
+    return tuple(zip(*merged))
+
+
 def _copy(dims, src, src_offset, src_strides, dst, dst_offset, dst_strides, sizes):
+    src_strides, dst_strides, sizes = merge_dims(src_strides, dst_strides, sizes)
     return [f"strided_copy({src}, {dims(src_offset)}, {dims(*_pad6(src_strides, 0))}, {dst}, "
             f"{dims(dst_offset)}, {dims(*_pad6(dst_strides, 0))}, {dims(*_pad6(sizes, 1))})"]
 
