@@ -160,8 +160,9 @@ class _Driver:
         outs = [o for k, o in enumerate(outs) if k not in inplace]
         args = [self.dims(R), self.dims(C), *ins, *outs]
         start = 0
-        for size in kernel.scratch_parts(R, C):  # partials and row cache: slices of scratch
-            args.append(f"scratch[{self.dims(start)}:{self.dims(start + size)}]")
+        for size, view in kernel.scratch_parts(R, C):  # partials and row cache: scratch slices
+            part = f"scratch[{self.dims(start)}:{self.dims(start + size)}]"
+            args.append(f"{part}.view({NP_VIEW[view]})" if view else part)
             start += size
         self.scratch = max(self.scratch, start)
         if kernel.fconsts:

@@ -87,11 +87,18 @@ class LoopKernel:
                 and not any(n.op == "iota" for n in self.region.nodes))
 
     def scratch_parts(self, R, C) -> list:
-        """Sizes of the float64 scratch arrays a call takes after its operands (valid after
-        source()): each column reduction's partials, then the row cache."""
+        """[(float64 elements, view dtype or None)] of the scratch arrays a call takes after
+        its operands (valid after source()): each column reduction's float64 partials, then
+        the row cache, float32 when every value it holds is (no conversions in the loops)."""
         nch = min(R, CHUNKS)
-        sizes = [nch * C if size == "nch * C" else nch for size in self.partials]
-        return sizes + ([len(self.row_slots) * C] if self.row_slots else [])
+        parts = [(nch * C if size == "nch * C" else nch, None) for size in self.partials]
+        if self.row_slots:
+            n = len(self.row_slots) * C
+            if all(v.type.dtype == "float32" for v in self.row_slots):
+                parts.append(((n + 1) // 2, "float32"))
+            else:
+                parts.append((n, None))
+        return parts
 
     # ---- emission ----
     def _level(self, v):
@@ -161,7 +168,7 @@ class LoopKernel:
         target.names[v] = name
         return name
 
-    CACHEABLE = ("float32", "float64", "int32", "bool")  # exact in float64
+    CACHEABLE = ("float32", "float64", "int32", "bool")  # exact in a float64 row cache
 
     def _from_earlier_pass(self, v, node, scope):
         """The local loading v from the row cache, when an earlier pass over this row computed
