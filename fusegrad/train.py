@@ -17,7 +17,7 @@ import numpy as np
 
 from .backend import Runner, check_target
 from .compiler.step import StepGraph, build_step_graph
-from .compiler.trace import graph_inputs, signature_key
+from .compiler.trace import graph_inputs, signature_key, signature_of
 from .device import copy_into, device_put, is_device_array, to_numpy, zeros
 from .ir.printer import format_graph
 from .pytree import flatten, leaf_paths, unflatten
@@ -89,8 +89,10 @@ class TrainStep:
         self._params = None  # the pytree last trained (for save())
 
     # ---- compilation ----
-    def _program(self, params, batch) -> StepGraph:
-        key = signature_key((params,) + batch)
+    def _program(self, params, batch, flat=None) -> StepGraph:
+        """The step graph for this call's signature; `flat` = flatten((params,) + batch) when
+        the caller has it (a step flattens its arguments once)."""
+        key = signature_of(*flat) if flat is not None else signature_key((params,) + batch)
         prog = self._programs.get(key)
         if prog is None:
             if self._programs:
@@ -137,7 +139,8 @@ class TrainStep:
     # ---- running ----
     def __call__(self, params, *batch):
         leaves = self._check_params(params)
-        prog = self._program(params, batch)
+        flat = flatten((params,) + batch)
+        prog = self._program(params, batch, flat)
         self._init_state(leaves, prog)
         t = self.t + 1
         lr = self.optimizer.lr(t) if callable(self.optimizer.lr) else self.optimizer.lr
@@ -145,7 +148,7 @@ class TrainStep:
         if self.takes_key:
             self._key[()] = step_key(self.seed, t)
         key = (self._key,) if self.takes_key else ()
-        inputs = list(graph_inputs(prog.traced, (params,) + batch + key))
+        inputs = graph_inputs(prog.traced, leaves=flat[0] + list(key))
         trained_leaves = [prog.traced.array_leaves[k] for k in prog.trained]
         for i in trained_leaves:
             inputs += [self._slots[s][i] for s in prog.slots]

@@ -55,7 +55,11 @@ def arg_names(fn, n: int) -> list[str]:
 
 def signature_key(args):
     """Hashable key of a call: pytree structure, array shapes/dtypes, static leaf values."""
-    leaves, tree = flatten(tuple(args))
+    return signature_of(*flatten(tuple(args)))
+
+
+def signature_of(leaves, tree):
+    """signature_key of the call whose flattened arguments are `leaves`, `tree`."""
     sig = []
     for x in leaves:
         if is_static_leaf(x):
@@ -109,9 +113,11 @@ def trace(fn, args, name=None, roles=None, kwargs=None) -> Traced:
     return Traced(graph, in_tree, out_tree, tuple(static), tuple(array_leaves))
 
 
-def graph_inputs(traced: Traced, args) -> list:
-    """The graph's input arrays for a call with `args` (static leaves dropped)."""
-    leaves, _ = flatten(tuple(args))
+def graph_inputs(traced: Traced, args=None, leaves=None) -> list:
+    """The graph's input arrays for a call with `args`, or with its flattened `leaves`
+    (static leaves dropped)."""
+    if leaves is None:
+        leaves, _ = flatten(tuple(args))
     return [leaves[i] for i in traced.array_leaves]
 
 
