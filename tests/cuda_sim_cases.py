@@ -168,7 +168,36 @@ def fast_block_scheduler() -> bool:
     sim.BlockManager.run = run_block
     sim.BlockThread.syncthreads = syncthreads
     sim.BlockThread.run = thread_run
+    _atomic_shared_arrays()
     return True
+
+
+def _atomic_shared_arrays():
+    """The simulator's cuda.shared.array looks up a block's array by call site and creates it
+    when missing, without a lock: two threads of a block that reach the line together can each
+    create one, and then reduce through different arrays (seen once in CI: a wrong first loss,
+    the later ones right, since the array is reused once created). The same lookup under a
+    lock."""
+    import numba
+    from numba.cuda.simulator import kernelapi
+    from numba.np import numpy_support
+
+    lock = threading.Lock()
+    stock = kernelapi.FakeCUDAShared.array
+
+    def array(self, shape, dtype):
+        if shape == 0:  # dynamic shared memory: one buffer, no lookup
+            return stock(self, shape, dtype)
+        if isinstance(dtype, numba.types.Type):
+            dtype = numpy_support.as_dtype(dtype)
+        caller = traceback.extract_stack(sys._getframe(1), limit=1)[0][0:2]
+        with lock:
+            res = self._allocations.get(caller)
+            if res is None:
+                res = self._allocations[caller] = np.empty(shape, dtype)
+        return res
+
+    kernelapi.FakeCUDAShared.array = array
 
 
 def main(argv) -> int:
