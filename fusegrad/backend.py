@@ -1,23 +1,36 @@
-"""Running a traced graph on a target: Numba on the CPU or a GPU, or the reference interpreter.
+"""Running a traced graph on a target: native code on the CPU, a GPU, or the reference interpreter.
 
     runner = Runner(graph, target="cpu", guard=0)
     ok, outputs = runner.run(inputs)
 
-"cpu" compiles the graph (passes, fusion, memory plan, generated Numba code), "cuda" the same
-Program into Numba CUDA kernels (runtime/cuda.py); "interpret" runs the traced graph op by op
-with NumPy: the oracle every compiled result is tested against (see crosscheck.py).
+"cpu" finds the graph's CompiledProgram in the program cache (keyed by the graph's fingerprint:
+structure, shapes and constants, never source lines or names), or makes it (passes, fusion,
+memory plan, code generation), then gets every kernel's object code from the kernel cache
+(compiling what is missing) and links it into this process. "cuda" compiles the same Program into
+Numba CUDA kernels (runtime/cuda.py); "interpret" runs the traced graph op by op with NumPy: the
+oracle every compiled result is tested against (see crosscheck.py).
+
+Every step of that is timed (`stats()["phases"]`) and one INFO line on the "fusegrad" logger says
+what compiled and why.
 """
 from __future__ import annotations
 
+import logging
 import os
+import time
+from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
 from . import crosscheck
+from .compiler.artifact import STATUS_INDEX, STATUS_NONFINITE, CompiledProgram
 from .compiler.pipeline import Program, compile_graph
 from .ir import interpret
+from .ir.fingerprint import fingerprint
 
 TARGETS = ("cpu", "interpret", "cuda")
+log = logging.getLogger("fusegrad")
 
 
 def default_target() -> str:
@@ -35,45 +48,112 @@ def check_target(target):
     return target
 
 
-def driver_kind() -> str:
-    """FUSEGRAD_DRIVER: "njit" (default) or "python" (see runtime/cpu.py: CpuBuild)."""
-    return os.environ.get("FUSEGRAD_DRIVER", "njit")
-
-
 def exact_math() -> bool:
     return os.environ.get("FUSEGRAD_EXACT_MATH", "") not in ("", "0")
 
 
+@lru_cache(maxsize=None)
+def compiler_version() -> str:
+    """A hash of the compiler's own source: a cached program made by other code is not used."""
+    import hashlib
+
+    h = hashlib.sha256()
+    root = Path(__file__).parent
+    for path in sorted([*root.glob("compiler/**/*.py"), *root.glob("ir/*.py")]):
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+class IndexOutOfRangeError(IndexError):
+    """An index (a gather, an embedding id, a class label) outside its axis, found by the
+    compiled code; nothing after the failing kernel ran, so no parameter was written."""
+
+
 class Runner:
-    def __init__(self, graph, target="cpu", guard=None, remat="none"):
+    def __init__(self, graph, target="cpu", guard=None, remat="none", phases=None):
         self.graph = graph
         self.target = check_target(target)
         self.guard = guard
         self.remat = remat
         self._program: Program | None = None
-        self.code = None
+        self._code = None  # GeneratedCode (CPU) or CudaCode, when made in this process
         self.build = None
+        self.compiled: CompiledProgram | None = None
+        self.exact_math = exact_math()  # read once: source() shows what was compiled
+        self.phases = dict(phases or {})  # seconds per compile phase
+        self.cache = {}  # what the caches decided, and why
         if self.target == "cpu":
-            from .compiler.codegen.cpu import generate_cpu
-            from .runtime.cpu import CpuBuild
-
-            self.code = generate_cpu(self.program, exact_math=exact_math(), guard=guard)
-            self.build = CpuBuild(self.program, self.code, driver_kind())
+            self._build_cpu()
         elif self.target == "cuda":
             from .compiler.codegen.cuda import generate_cuda
             from .compiler.codegen.cuda_config import launch_config
             from .runtime.cuda import CudaBuild
 
-            self.code = generate_cuda(self.program, launch_config(), guard=guard)
-            self.build = CudaBuild(self.program, self.code)
+            self._code = generate_cuda(self.program, launch_config(), guard=guard)
+            self.build = CudaBuild(self.program, self._code)
+
+    # ---- compiling ----
+    def _timed(self, phase, fn, *args, **kw):
+        t0 = time.perf_counter()
+        try:
+            return fn(*args, **kw)
+        finally:
+            self.phases[phase] = self.phases.get(phase, 0.0) + time.perf_counter() - t0
 
     @property
     def program(self) -> Program:
-        """The compiled program (built on first use for the interpreter target)."""
+        """The middle end's Program (built on first use when the program cache had it)."""
         if self._program is None:
-            self._program = compile_graph(self.graph, guard=self.guard, remat=self.remat)
+            self._program = compile_graph(self.graph, guard=self.guard, remat=self.remat,
+                                          timings=self.phases)
         return self._program
 
+    def _generated(self):
+        if self._code is None:
+            from .compiler.codegen.cpu import generate_cpu
+
+            self._code = self._timed("codegen", generate_cpu, self.program,
+                                     exact_math=self.exact_math, guard=self.guard)
+        return self._code
+
+    def _build_cpu(self):
+        from .compiler.codegen.cpu_library import DISPATCHER, DISPATCHER_NAME
+        from .compiler.artifact import Kernel
+        from .compiler.native.build import build_objects
+        from .runtime import cache
+        from .runtime.cpu import CpuBuild
+
+        key = self._timed("key", fingerprint, self.graph, self.guard, self.remat,
+                          self.exact_math, compiler_version())
+        text, why = self._timed("program_cache", cache.load_program, key)
+        if text is not None:
+            program = CompiledProgram.from_json(text)
+            self.cache["program"] = "loaded: this graph was compiled before (same structure, " \
+                                    "shapes and constants)"
+        else:
+            program = self._generated().program
+            self._timed("program_cache", cache.store_program, key, program.to_json())
+            self.cache["program"] = f"compiled: {why}"
+        # names are the current graph's (they are not part of the key)
+        for spec, name in zip(program.inputs, self.graph.input_names):
+            spec.name = name
+        self.compiled = program
+        kernels = [*program.kernels, Kernel(DISPATCHER_NAME, DISPATCHER)]
+        t0 = time.perf_counter()
+        objects = build_objects(kernels, cache)
+        self.phases["kernels"] = time.perf_counter() - t0
+        built = [o for o in objects if o.compiled]
+        self.cache["kernels"] = {"compiled": len(built), "loaded": len(objects) - len(built),
+                                 "compile_seconds": sum(o.seconds for o in built)}
+        self.build = CpuBuild(program, objects)
+        self.phases["load"] = self.build.load_seconds
+        if built or text is None:
+            log.info("fusegrad: %s: %s; %d kernels compiled (%s), %d loaded from the cache "
+                     "(%.2f s)", self.graph.name, self.cache["program"], len(built),
+                     ", ".join(sorted({o.why for o in built})) or "-",
+                     len(objects) - len(built), sum(self.phases.values()))
+
+    # ---- running ----
     def run(self, inputs, want=None):
         """-> (ok, outputs): the outputs listed in `want` (all by default). ok is False when
         the guard output (the loss) was not finite; then nothing was written in place."""
@@ -85,47 +165,86 @@ class Runner:
         reference = None
         if crosscheck.enabled():  # before the run: it may update the inputs in place
             reference = crosscheck.reference_outputs(self.graph, inputs)
-        ok = self.build.run(inputs)
+        if self.target == "cpu":
+            ok = self._status(self.build.run(inputs))
+        else:
+            ok = self.build.run(inputs)
         exe = self.build.executable
         if reference is not None:
             crosscheck.check(self.graph, self.guard, ok, exe, reference, self.target)
         return ok, [exe.output(k) for k in want]
 
-    def profile(self, inputs, repeats=5) -> list:
-        """Seconds per kernel call (median of `repeats` runs of the schedule from Python, after
-        one compiled run): [(kernel description, seconds), ...] in schedule order."""
-        import time
+    def _status(self, status: int) -> bool:
+        """True when the whole schedule ran; False when the loss guard stopped it; an error
+        for any other failed check."""
+        if status == 0:
+            return True
+        entry = self.compiled.entries[status // 256]
+        code = status % 256
+        if code == STATUS_NONFINITE and entry.check == "loss":
+            return False
+        if code == STATUS_INDEX:
+            raise IndexOutOfRangeError(f"{self.graph.name}: an index is out of range in "
+                                       f"{entry.what}{self._where(status // 256)}; nothing "
+                                       f"was updated")
+        raise RuntimeError(f"{self.graph.name}: kernel call {status // 256} ({entry.what}) "
+                           f"failed with status {code}")
 
+    def _where(self, k) -> str:
+        """ ' (model.py:12)': the user's line of schedule entry k (from the readable
+        schedule, made from the current graph)."""
+        try:
+            line = self._generated().schedule[k]
+        except Exception:  # noqa: BLE001 - only for a message
+            return ""
+        return f" ({line.rsplit('(', 1)[1]}" if line.endswith(")") and "(" in line else ""
+
+    def profile(self, inputs, repeats=5) -> list:
+        """Seconds per kernel call (median of `repeats` runs of each call, after one run of the
+        whole schedule): [(what it computes, seconds), ...] in schedule order. Each call reruns
+        on the state the previous calls left: in-place updates are applied again."""
         if self.build is None:
-            raise RuntimeError("profile() needs target='cpu'")
+            raise RuntimeError("profile() needs target='cpu' or 'cuda'")
         if self.target == "cuda":
             return self.build.profile(inputs, repeats)
         self.run(inputs)
         exe = self.build.executable
-        module = self.build.module
-        runs = []
-        for _ in range(repeats):
-            marks: list = []
-            flat = [exe._flat(k, x) for k, x in enumerate(inputs)]
-            module.run_profiled(time.perf_counter, marks, exe.arena, exe.dims, exe.fconst,
-                                exe.scratch, *flat, *exe.constants)
-            runs.append(marks)
-        return [(runs[0][k][0], float(np.median([r[k][1] for r in runs])))
-                for k in range(len(runs[0]))]
+        entries = self.compiled.entries
+        times = np.zeros((repeats, len(entries)))
+        for r in range(repeats):
+            for k in range(len(entries)):
+                t0 = time.perf_counter()
+                exe.run_entries(k, k + 1)
+                times[r, k] = time.perf_counter() - t0
+        schedule = self._generated().schedule
+        return [(schedule[k].split("  # ", 1)[-1], float(np.median(times[:, k])))
+                for k in range(len(entries))]
 
     def source(self) -> str:
         if self.target == "cuda":
             from .compiler.codegen.cuda import render_cuda_source
 
-            return render_cuda_source(self.code)
-        from .compiler.codegen.cpu import generate_cpu, render_source
+            return render_cuda_source(self._code)
+        from .compiler.codegen.cpu import render_source
 
-        code = self.code or generate_cpu(self.program, exact_math=exact_math(), guard=self.guard)
-        return render_source(code)
+        return render_source(self._generated())
 
     def stats(self) -> dict:
-        s = dict(self.program.stats(), target=self.target)
-        if self.build is not None:
+        if self.compiled is not None:
+            s = dict(self.compiled.stats, target=self.target)
+        else:
+            s = dict(self.program.stats(), target=self.target)
+        if self.target == "cpu" and self.build is not None:
+            kernels = self.cache["kernels"]
+            s.update(cache_hit=self.cache["program"].startswith("loaded") and
+                     kernels["compiled"] == 0,
+                     cache=self.cache["program"], kernels_compiled=kernels["compiled"],
+                     kernels_loaded=kernels["loaded"],
+                     kernel_compile_seconds=kernels["compile_seconds"],
+                     first_run_seconds=self.build.first_run_seconds,
+                     phases=dict(self.phases),
+                     compile_seconds=sum(self.phases.values()))
+        elif self.build is not None:
             s.update(compile_seconds=self.build.compile_seconds,
                      load_seconds=self.build.load_seconds, cache_hit=self.build.cache_hit,
                      cache=self.build.cache_reason, kernel_files=self.build.kernel_files,

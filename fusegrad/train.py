@@ -76,6 +76,7 @@ class TrainStep:
         self._t = np.zeros((), np.int64)
         self._key = np.zeros((), np.int64)
         self._runners: dict = {}
+        self._timings: dict = {}  # id(step graph) -> seconds of trace / autodiff / optimizer
         self.name = getattr(loss_fn, "__name__", "loss")
         try:
             self.takes_key = "key" in inspect.signature(loss_fn).parameters
@@ -98,9 +99,11 @@ class TrainStep:
             if self._programs:
                 log.info("fusegrad: %s compiles again for a new signature", self.name)
             mask = _trainable_mask(self.trainable, params)
+            timings: dict = {}
             prog = build_step_graph(self.loss_fn, self.optimizer, (params,) + batch, mask,
-                                    self.has_aux, self.takes_key, self.name)
+                                    self.has_aux, self.takes_key, self.name, timings=timings)
             self._programs[key] = prog
+            self._timings[id(prog)] = timings
         self._last = prog
         return prog
 
@@ -179,7 +182,8 @@ class TrainStep:
         r = self._runners.get(id(prog))
         if r is None:
             r = self._runners[id(prog)] = Runner(prog.graph, self.target, guard=0,
-                                                 remat=self.remat)
+                                                 remat=self.remat,
+                                                 phases=self._timings.get(id(prog)))
         return r
 
     def _commit(self, prog, leaves, outs, trained_leaves):

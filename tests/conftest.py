@@ -6,14 +6,10 @@ graph fails the test that compiled it, naming the pass.
 The whole suite runs on the product's default target, the Numba CPU backend, with
 FUSEGRAD_CROSSCHECK=1: every compiled run is also run on the reference interpreter and compared
 (backend.check_against_interpreter), so every end-to-end test checks the generated code against
-the oracle as well as its own expectations. FUSEGRAD_DRIVER=python runs each program's schedule
-from Python instead of compiling an njit driver per program (the kernels are the same compiled
-code): the suite compiles hundreds of small programs, and the driver's compile is most of each.
-test_cpu_backend.py and test_cpu_cache.py use the njit driver, the default users get.
+the oracle as well as its own expectations.
 """
 import os
 
 os.environ.setdefault("FUSEGRAD_VERIFY", "1")
 os.environ.setdefault("FUSEGRAD_TARGET", "cpu")
 os.environ.setdefault("FUSEGRAD_CROSSCHECK", "1")
-os.environ.setdefault("FUSEGRAD_DRIVER", "python")

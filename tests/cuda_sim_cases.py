@@ -92,7 +92,7 @@ def ptx_check() -> list:
         t0 = time.perf_counter()
         try:
             code = generate_cuda(program, launch_config(), guard=guard)
-            module, _ = cache.load_module(cache.content_name("cuda", code.module), code.module)
+            module, _ = cache.load_python_module("cuda", code.module)
             for kname, sig in code.signatures.items():
                 compile_one(getattr(module, kname), [ty(s) for s in sig])
             results.append({"case": f"ptx_{name}", "ok": True})

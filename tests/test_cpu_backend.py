@@ -1,4 +1,4 @@
-"""The Numba CPU backend against the reference interpreter: every kernel kind (loop kernels,
+"""The CPU backend against the reference interpreter: every kernel kind (loop kernels,
 GEMMs, the opaque library kernels), end-to-end gradients and training steps, in-place semantics
 and the loss guard, the float32 transcendental approximations, and the readability of the
 generated source.
@@ -6,8 +6,7 @@ generated source.
 Every test runs the same function with target="cpu" (the product's default; asked for explicitly
 because conftest.py makes the interpreter the suite's default) and target="interpret" (the
 oracle) on the same inputs. Shapes are tiny and models are shared between tests (and with the
-CUDA backend's cases: backend_models.py): each distinct program costs a Numba compile (seconds
-when cold; the disk cache makes later runs fast).
+CUDA backend's cases: backend_models.py).
 """
 from __future__ import annotations
 
@@ -31,15 +30,6 @@ from backend_models import (attention_inputs, attention_loss, cnn_inputs, cnn_lo
 from tree_checks import F32, STEP_TOL, TOL, assert_tree_bitwise, assert_tree_close, tree_copy
 
 
-@pytest.fixture(autouse=True, scope="module")
-def njit_driver():
-    """This file tests the driver users get: one compiled call per step (conftest.py gives
-    the rest of the suite the Python driver)."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FUSEGRAD_DRIVER", "njit")
-        yield
-
-
 # ---- helpers -----------------------------------------------------------------------------------
 
 
@@ -60,25 +50,32 @@ def grads_cpu_and_interpreter(fn, *args, argnums=0, **tol):
     return compiled
 
 
-def driver_of(source: str) -> str:
-    """The driver part of fg.jit(...).source() (the kernels follow it)."""
+def schedule_of(source: str) -> str:
+    """The schedule part of fg.jit(...).source() (the kernels follow it)."""
     return source.split("# ---- kernel")[0]
 
 
+CALL = re.compile(r"^#\s+\d+  (\w+)\((.*)\)  # (.*)$", re.M)
+
+
+def calls_of(source: str) -> list:
+    """[(kernel name, arguments text, what it computes)] of every call in the schedule."""
+    return CALL.findall(schedule_of(source))
+
+
 def run_body(source: str) -> str:
-    """The body of the driver's run() (not of other functions the driver module has)."""
-    body = driver_of(source).split("def run(", 1)[1].split("\n", 1)[1]
-    return re.split(r"^\S", body, maxsplit=1, flags=re.M)[0]
+    """The schedule's calls, one a line: `kernel(arguments)  # %N = kind (file:line)`."""
+    return "\n".join(f"    {name}({args})  # {what}" for name, args, what in calls_of(source))
 
 
 def library_calls(source: str) -> set:
-    """Names of the functions the driver's run() calls."""
-    return set(re.findall(r"^    ([a-z_][a-z0-9_]*)\(", run_body(source), re.M))
+    """Names of the library functions the schedule calls (without their dtype suffix)."""
+    return {re.sub(r"(_(f32|f64|i32|i64|b1))+$", "", name) for name, _, _ in calls_of(source)}
 
 
 def gemm_flags(source: str) -> set:
-    calls = run_body(source)
-    return set(re.findall(r"gemm(?:_loops)?\(.*, (True|False), (True|False)\)", calls))
+    return set(re.findall(r"gemm(?:_loops)?_\w+\(.*, (True|False), (True|False)\)",
+                          run_body(source)))
 
 
 def line_of(fn, text: str) -> int:
@@ -361,19 +358,20 @@ def test_parameters_and_state_updated_in_place():
 
 def test_in_place_updates_pass_each_array_once():
     """An output the plan writes into an input's storage is stored through that input's own
-    argument: the same buffer passed twice (as a0 and o0) would make LLVM's runtime alias
-    check fail and run the unvectorised loop."""
+    pointer: the same buffer passed twice (as a0 and o0) would alias two pointers the kernel
+    declares distinct (noalias), and make LLVM's vectoriser give up."""
     source = trained("adam").cpu.source()
-    calls = re.findall(r"^    ((?:elementwise|row|column|rowcolumn)_\w+)\((.*)\)  #",
-                       run_body(source), re.M)
-    in_place = [name for name, _ in calls if re.search(r"_o\d+a\d+$", name)]
+    sections = _kernel_sections(source)
+    loops = [(name, args) for name, args, _ in calls_of(source)
+             if re.match(r"(elementwise|row|column|rowcolumn)_", name)]
+    in_place = {name for name, _ in loops if "# in place: " in sections[name]}
     assert len(in_place) >= 2  # Adam's parameter, exp_avg and exp_avg_sq updates at least
-    for name, args in calls:
-        arrays = [a for a in args.split(", ") if not a.startswith(("dims", "fconst"))]
+    for name, args in loops:
+        arrays = [a for a in args.split(", ") if a.startswith("%") or "[" in a and "'" in a]
         assert len(arrays) == len(set(arrays)), (name, args)
-        for k, m in re.findall(r"_o(\d+)a(\d+)", name):
-            kernel = source.split(f"# ---- kernel {name} ----", 1)[1].split("# ---- ")[0]
-            assert f"o{k} is stored into a{m}" in kernel
+        assert "noalias=True" in sections[name]
+        for k, m in re.findall(r"o(\d+) is stored into a(\d+)", sections[name]):
+            assert f"o{k}[" not in sections[name].split("# in place")[1]
 
 
 def test_frozen_parameters_bitwise_unchanged():
@@ -456,21 +454,13 @@ def test_exact_math_path_matches_interpreter(monkeypatch):
     assert "np.tanh(" in kernels and "math.erf(" in kernels
 
 
-def _bound_kernels(stats):
-    """The loop-kernel functions the loaded driver module actually calls."""
-    name = os.path.basename(stats["driver"])[:-3]
-    driver = sys.modules[f"fusegrad_kernels.{name}"]
-    return [f for n, f in vars(driver).items()
-            if re.match(r"(elementwise|row|column|rowcolumn)_[0-9a-f]+$", n)]
-
-
 def tanh_scaled(x):
     return fg.tanh(x) * 3.0 - x
 
 
 def test_switching_to_exact_math_runs_exact_kernels(monkeypatch):
-    """Exact and approximate kernels of one structure share a name (and file): the driver of
-    each must still call its own variant, in this process and from Numba's cache."""
+    """Exact and approximate kernels of one structure are different kernels: each program
+    calls its own variant."""
     x = np.linspace(-3, 3, 12, dtype=np.float32).reshape(3, 4)
     monkeypatch.setenv("FUSEGRAD_EXACT_MATH", "0")
     approx = fg.jit(tanh_scaled, target="cpu")
@@ -479,8 +469,12 @@ def test_switching_to_exact_math_runs_exact_kernels(monkeypatch):
     exact = fg.jit(tanh_scaled, target="cpu")
     np.testing.assert_allclose(exact(x), np.tanh(x) * 3 - x, **F32)
     assert "tanh_f32(" not in exact.source().split("# ---- kernel")[1]
-    for k in _bound_kernels(exact.stats()):
-        assert "tanh_f32" not in k.py_func.__code__.co_names
+    assert "tanh_f32(" in approx.source().split("# ---- kernel")[1]
+    runner = exact.runner(exact.trace())
+    compiled = [k for k in runner.compiled.kernels if k.name.startswith("elementwise_")]
+    assert compiled and all("tanh_f32(" not in k.text for k in compiled)  # what ran
+    approx_names = {k.name for k in approx.runner(approx.trace()).compiled.kernels}
+    assert not approx_names & {k.name for k in compiled}
 
 
 # =================================================================================================
@@ -501,11 +495,12 @@ def _kernel_sections(source):
 
 def test_source_names_ir_values_and_user_lines():
     source = trained("adam").cpu.source()
-    driver = driver_of(source)
-    assert "def run(" in driver
-    imported = re.findall(r"^from fusegrad_kernels\.(\w+) import", driver, re.M)
+    schedule = schedule_of(source)
+    assert "run in order by the dispatcher" in schedule
     sections = _kernel_sections(source)
-    assert imported and set(imported) == set(sections)
+    called = {name for name, _, _ in calls_of(source)}
+    loops = {n for n in called if re.match(r"(elementwise|row|column|rowcolumn)_", n)}
+    assert loops and loops == set(sections)
     for name, text in sections.items():
         assert f"def {name}(" in text
         for line in text.splitlines():
@@ -516,14 +511,17 @@ def test_source_names_ir_values_and_user_lines():
     model_file = os.path.basename(inspect.getsourcefile(mlp_loss))  # backend_models.py
     kernels = "".join(sections.values())
     assert f"({model_file}:{relu_line})" in kernels and f"({model_file}:{head_line})" in kernels
-    # the driver: every kernel call says which IR values it computes and the kernel's kind
-    calls = [ln for ln in run_body(source).splitlines() if re.match(r"^    [a-z_]\w*\(", ln)]
+    # the schedule: every kernel call says which IR values it computes and the kernel's kind
+    calls = calls_of(source)
     assert len(calls) >= 8
-    for ln in calls:
-        assert re.search(r"# %\d+(, %\d+)* = (elementwise|row|column|row\+column|gemm|opaque)\b",
-                         ln), ln
-    assert any(f"({model_file}:{head_line})" in ln for ln in calls)
-    assert "if not np.isfinite(" in run_body(source)  # the loss guard, before any update
+    for name, _, what in calls:
+        if name.startswith(("check_finite", "copy_")):
+            continue
+        assert re.match(r"%\d+(, %\d+)* = (elementwise|row|column|row\+column|gemm|opaque)\b",
+                        what), what
+    assert any(f"({model_file}:{head_line})" in what for _, _, what in calls)
+    # the loss guard, before any update (the builder refuses a parameter written before it)
+    assert any(name.startswith("check_finite") and "finite" in what for name, _, what in calls)
 
 
 def test_source_combine_lines_name_ir_values():
@@ -550,32 +548,31 @@ def test_crosscheck_catches_a_wrong_kernel(monkeypatch):
     assert fg.jit(lambda x: fg.abs(x) + 1.0, target="cpu")(x)[0, 0] == np.float32(2 * 1.001 + 1)
 
 
-def test_hot_loops_are_vectorised(tmp_path, monkeypatch):
+def test_hot_loops_are_vectorised():
     """LLVM vectorises the loops of the LayerNorm+GELU step's row, row+column and in-place Adam
-    kernels (vector float operations in their IR). Guards the code shapes that make this
-    possible: in-place outputs through the input's own argument, column partials and the row
-    cache as arrays of their own. (A fresh cache directory: a kernel Numba loads from its cache
-    has no IR to inspect.)"""
-    import importlib
+    kernels (vector float operations in their optimised IR). Guards the code shapes that make
+    this possible: in-place outputs through the input's own pointer, distinct (noalias)
+    pointers, column partials and the row cache as arrays of their own."""
+    from fusegrad.compiler.native.machine import optimised_ir
+    from fusegrad.compiler.native.module import ModuleCompiler
 
-    monkeypatch.setenv("FUSEGRAD_CACHE_DIR", str(tmp_path))
     rng = np.random.default_rng(3)
     x = rng.standard_normal((64, 5)).astype(np.float32)
     t = rng.standard_normal((64, 4)).astype(np.float32)
     step = fg.train_step(ln_gelu_loss, fg.optim.Adam(0.01), target="cpu")
     step(ln_gelu_params(), x, t)
-    names = sorted(set(re.findall(r"^    ((?:row|rowcolumn|elementwise)_[0-9a-f]+\w*)\(",
-                                  run_body(step.source()), re.M)))
-    hot = [n for n in names if n.startswith("row") or re.search(r"_o\d+a\d+", n)]
-    assert any(n.startswith("rowcolumn") for n in hot) and any(n.startswith("row_") for n in hot)
-    for name in hot:
-        kernel = getattr(importlib.import_module(f"fusegrad_kernels.{name}"), name)
-        ir = "\n".join(kernel.inspect_llvm().values())
+    kernels = step._runner(step._last).compiled.kernels
+    hot = [k for k in kernels if k.name.startswith("row") or "# in place" in k.text]
+    assert any(k.name.startswith("rowcolumn") for k in hot)
+    assert any(k.name.startswith("row_") for k in hot)
+    for k in hot:
+        mc = ModuleCompiler(k.name)
+        mc.add_source(k.text)
+        ir = optimised_ir(str(mc.module))
         vector = len(re.findall(r"= f(?:mul|add|sub) [^\n]*<\d+ x float>", ir))
         scalar = len(re.findall(r"= f(?:mul|add|sub) (?:[a-z]+ )*float ", ir))
-        # scalar remainder loops and per-call scalars stay; unvectorised, the LayerNorm-backward
-        # kernel had 13 vector float ops to 112 scalar ones, vectorised 69 to 114
-        assert vector >= scalar / 4, f"{name}: {vector} vector and {scalar} scalar float ops"
+        # scalar remainder loops and per-call scalars stay
+        assert vector >= scalar / 4, f"{k.name}: {vector} vector and {scalar} scalar float ops"
 
 
 def test_strided_copies_run_over_merged_dimensions():

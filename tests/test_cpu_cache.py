@@ -1,22 +1,30 @@
-"""The CPU backend's disk cache: a second process starts warm, a new batch size compiles nothing,
-identical kernels share one file, and a compiled step allocates nothing per call.
+"""The CPU backend's caches: compiled programs and kernel objects on disk, and what they promise.
 
-A tiny training script is written to a temporary folder and run in fresh processes with
-FUSEGRAD_CACHE_DIR pointing at a temporary cache; the in-process tests import the same script,
-so their generated code names the same source lines and can find what those processes compiled.
+- a second process compiles nothing, and computes the very same bits;
+- what a person changes without changing the maths compiles nothing: moved lines, renamed
+  locals, another learning rate (the same program), other betas (a new program, no new kernel),
+  another batch size (no new kernel);
+- identical layers and models share kernels;
+- a cache that was tampered with or damaged is detected and recompiled, never run; a cache folder
+  others can write to is refused; temporary files are never reached through a planted symlink;
+- two threads compiling the same program at once both succeed;
+- a compiled step allocates nothing per call.
+
+Training scripts are written to a temporary folder and run in fresh processes with
+FUSEGRAD_CACHE_DIR pointing at a temporary cache.
 """
 from __future__ import annotations
 
 import collections
-import difflib
 import gc
-import importlib.util
 import json
 import os
 import re
+import stat
 import subprocess
 import sys
 import textwrap
+import threading
 import tracemalloc
 from pathlib import Path
 
@@ -24,24 +32,14 @@ import numpy as np
 import pytest
 
 import fusegrad as fg
+from fusegrad.runtime import cache
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def njit_driver():
-    """This file tests the driver users get: one compiled call per step (conftest.py gives
-    the rest of the suite the Python driver), without the interpreter cross-check, which would
-    count in its allocation and cache measurements."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FUSEGRAD_DRIVER", "njit")
-        mp.setenv("FUSEGRAD_CROSSCHECK", "0")
-        yield
-
 
 SCRIPT = textwrap.dedent('''\
     """A tiny training run; prints the step's stats as JSON."""
     import json
+    import sys
 
     import numpy as np
 
@@ -49,13 +47,15 @@ SCRIPT = textwrap.dedent('''\
 
 
     def loss_fn(p, x, y):
-        return fg.cross_entropy(x @ p["w"] + p["b"], y)
+        hidden = fg.relu(x @ p["w"] + p["b"])
+        return fg.cross_entropy(hidden @ p["v"], y)
 
 
     def params():
         rng = np.random.default_rng(0)
-        return {"w": (rng.standard_normal((4, 3)) * 0.5).astype(np.float32),
-                "b": np.zeros(3, np.float32)}
+        return {"w": (rng.standard_normal((4, 5)) * 0.5).astype(np.float32),
+                "b": np.zeros(5, np.float32),
+                "v": (rng.standard_normal((5, 3)) * 0.5).astype(np.float32)}
 
 
     def batch(n, seed=1):
@@ -64,37 +64,37 @@ SCRIPT = textwrap.dedent('''\
 
 
     def make_step(target=None):  # None: the product's default, "cpu"
-        return fg.train_step(loss_fn, fg.optim.SGD(lr=0.1), target=target)
+        return fg.train_step(loss_fn, fg.optim.Adam(lr=0.01, betas=(0.9, 0.999)),
+                             target=target)
 
 
     if __name__ == "__main__":
+        n = int(sys.argv[1]) if len(sys.argv) > 1 else 8
         step, p = make_step(), params()
-        losses = [float(step(p, *batch(8, seed))) for seed in range(3)]
+        losses = [float(step(p, *batch(n, seed))) for seed in range(3)]
         stats = step.stats()
-        keys = ("target", "cache_hit", "cache", "compile_seconds", "load_seconds",
-                "kernel_files", "kernel_files_reused", "driver")
+        keys = ("target", "cache_hit", "cache", "compile_seconds", "kernels_compiled",
+                "kernels_loaded", "phases")
         print(json.dumps(dict({k: stats[k] for k in keys}, losses=losses, w=p["w"].tolist())))
 ''')
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    """A folder with the script and an empty cache."""
-    root = tmp_path_factory.mktemp("fusegrad_cache")
-    (root / "train_script.py").write_text(SCRIPT)
-    (root / "cache").mkdir()
-    return root
-
-
-def run_script(workdir) -> dict:
-    env = dict(os.environ, FUSEGRAD_CACHE_DIR=str(workdir / "cache"),
+def run_script(folder, text=SCRIPT, args=(), cache_dir=None) -> dict:
+    path = folder / "train_script.py"
+    path.write_text(text)
+    env = dict(os.environ, FUSEGRAD_CACHE_DIR=str(cache_dir or folder / "cache"),
                PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    env.pop("FUSEGRAD_TARGET", None)  # conftest.py's interpreter default is for this process
-    env.pop("FUSEGRAD_EXACT_MATH", None)
-    done = subprocess.run([sys.executable, str(workdir / "train_script.py")], env=env,
-                          cwd=workdir, capture_output=True, text=True, timeout=300)
+    for var in ("FUSEGRAD_TARGET", "FUSEGRAD_EXACT_MATH", "FUSEGRAD_CROSSCHECK"):
+        env.pop(var, None)
+    done = subprocess.run([sys.executable, str(path), *map(str, args)], env=env, cwd=folder,
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("fusegrad_cache")
 
 
 @pytest.fixture(scope="module")
@@ -103,81 +103,71 @@ def runs(workdir):
     return [run_script(workdir), run_script(workdir)]
 
 
-@pytest.fixture(scope="module")
-def script(workdir, runs):
-    """The script imported in this process (so its source lines are the ones the runs saw)."""
-    spec = importlib.util.spec_from_file_location("train_script", workdir / "train_script.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def _figures(runs) -> str:
+    return ", ".join(f"run {k + 1}: compile {r['compile_seconds']:.3f} s, cache {r['cache']!r}, "
+                     f"kernels compiled {r['kernels_compiled']}, loaded {r['kernels_loaded']}"
+                     for k, r in enumerate(runs))
 
 
-@pytest.fixture(scope="module")
-def trained(workdir, script):
-    """The script's step built in this process on the cache the runs filled, called twice."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FUSEGRAD_CACHE_DIR", str(workdir / "cache"))
-        step, p, (x, y) = script.make_step("cpu"), script.params(), script.batch(8)
-        step(p, x, y)
-        step(p, x, y)
-    return step, p, x, y
+# ---- a second process, and edits that change no maths ------------------------------------------
 
 
-# ---- (a) a second process loads from the disk cache --------------------------------------------
-
-
-def test_second_process_loads_compiled_code_from_disk(runs):
+def test_second_process_compiles_nothing(runs):
     first, second = runs
+    print(f"\ndisk cache: {_figures(runs)}")
     assert first["target"] == "cpu"  # the default target of a plain script
-    figures = ", ".join(f"run {k + 1}: compile {r['compile_seconds']:.3f} s, "
-                        f"load {r['load_seconds']:.3f} s, cache_hit={r['cache_hit']}, "
-                        f"reused {r['kernel_files_reused']}/{r['kernel_files']}"
-                        for k, r in enumerate(runs))
-    print(f"\ndisk cache: {figures}")
-    assert not first["cache_hit"] and first["kernel_files_reused"] == 0, figures
-    assert second["driver"] == first["driver"], "the second process generated other code"
-    assert second["cache_hit"], figures
-    assert second["cache"] == "the driver and every kernel were on disk"
-    assert second["kernel_files_reused"] == second["kernel_files"] > 0
-    assert second["compile_seconds"] < first["compile_seconds"] / 2, figures
+    assert first["kernels_compiled"] > 0 and first["cache"].startswith("compiled")
+    assert second["cache_hit"] and second["cache"].startswith("loaded"), _figures(runs)
+    assert second["kernels_compiled"] == 0 and second["kernels_loaded"] > 0
+    assert "passes" not in second["phases"] and "fusion" not in second["phases"]
     # the very same code: the very same bits
     assert second["losses"] == first["losses"] and second["w"] == first["w"]
 
 
-def test_fusion_is_deterministic(script):
+EDITS = {
+    # a comment and a blank line above the model: every source line moves
+    "moved lines": lambda s: s.replace('import json\n', 'import json\n# a note\n\n', 1),
+    "renamed local": lambda s: s.replace("hidden", "activations"),
+    "other learning rate": lambda s: s.replace("lr=0.01", "lr=0.003"),
+}
+
+
+@pytest.mark.parametrize("edit", sorted(EDITS))
+def test_edits_without_new_maths_compile_nothing(workdir, runs, edit):
+    result = run_script(workdir, EDITS[edit](SCRIPT))
+    assert result["cache_hit"], (edit, result["cache"])
+    assert result["kernels_compiled"] == 0
+
+
+def test_new_hyper_parameters_compile_no_kernel(workdir, runs):
+    """Other betas are other constants: a new program (the passes simplify by constants), made
+    of the kernels already compiled."""
+    result = run_script(workdir, SCRIPT.replace("betas=(0.9, 0.999)", "betas=(0.8, 0.99)"))
+    assert result["cache"].startswith("compiled")
+    assert result["kernels_compiled"] == 0 and result["kernels_loaded"] > 0
+
+
+def test_new_batch_size_compiles_no_kernel(workdir, runs):
+    result = run_script(workdir, args=[16])
+    assert result["kernels_compiled"] == 0 and result["kernels_loaded"] > 0
+
+
+def test_fusion_is_deterministic(workdir, runs):
     """Compiling the same step again (new Node objects, new ids) gives the same program: the
-    disk cache depends on it."""
-    p, (x, y) = script.params(), script.batch(8)
+    caches depend on it."""
+    namespace: dict = {}
+    exec(compile(SCRIPT, "train_script.py", "exec"), namespace)
+    p, (x, y) = namespace["params"](), namespace["batch"](8)
     programs = collections.Counter()
-    for _ in range(12):
-        step = fg.train_step(script.loss_fn, fg.optim.SGD(lr=0.1, momentum=0.9),
+    for _ in range(8):
+        step = fg.train_step(namespace["loss_fn"], fg.optim.SGD(lr=0.1, momentum=0.9),
                              target="interpret")  # momentum: more free nodes to place
         step(p, x, y)
         programs[step.ir("fused")] += 1
     assert len(programs) == 1, f"{len(programs)} different fused programs: {programs.values()}"
 
 
-# ---- (b) a new batch size compiles nothing ------------------------------------------------------
-
-
-def _diff(path_a, path_b) -> str:
-    a, b = Path(path_a).read_text().splitlines(), Path(path_b).read_text().splitlines()
-    return "\n".join(difflib.unified_diff(a, b, path_a, path_b, lineterm="", n=0))
-
-
-def test_new_batch_size_compiles_nothing(workdir, script, trained, monkeypatch):
-    monkeypatch.setenv("FUSEGRAD_CACHE_DIR", str(workdir / "cache"))
-    step, p, x, y = trained
-    step(p, x, y)
-    s8 = step.stats()
-    step(p, *script.batch(16))  # e.g. the last, bigger batch of an epoch
-    s16 = step.stats()
-    assert s16["driver"] == s8["driver"], _diff(s8["driver"], s16["driver"])
-    assert s16["kernel_files_reused"] == s16["kernel_files"]
-    assert s16["cache_hit"]
-
-
-# ---- (c) identical kernels are shared ----------------------------------------------------------
+# ---- identical kernels are shared --------------------------------------------------------------
 
 
 def dense(p, h):
@@ -200,11 +190,11 @@ def _layer(rng, n_in, n_out):
             "b": (rng.standard_normal(n_out) * 0.1).astype(np.float32)}
 
 
-def _loop_kernel_calls(source) -> list:
-    """The loop kernels the driver's run() calls, in order."""
-    driver = source.split("# ---- kernel")[0].split("def run(", 1)[1].split("\n", 1)[1]
-    driver = re.split(r"^\S", driver, maxsplit=1, flags=re.M)[0]  # run() only
-    return re.findall(r"^    ((?:elementwise|row|column|rowcolumn)_[0-9a-f]+(?:_o\d+a\d+)*)\(", driver, re.M)
+def _loop_kernel_calls(fn) -> list:
+    """The loop kernels fn's compiled program calls, in order."""
+    program = fn.runner(fn.trace()).compiled
+    names = [program.kernels[e.kernel].name for e in program.entries]
+    return [n for n in names if re.match(r"(elementwise|row|column|rowcolumn)_", n)]
 
 
 def _mlp_inputs():
@@ -213,29 +203,23 @@ def _mlp_inputs():
     return layers, _layer(rng, 6, 3), rng.standard_normal((8, 4)).astype(np.float32)
 
 
-def test_identical_layers_share_kernel_files():
+def test_identical_layers_share_kernels():
     layers, head, x = _mlp_inputs()
     mlp = fg.jit(three_layer_mlp, target="cpu")
     out = mlp(layers, head, x)
     want = fg.jit(three_layer_mlp, target="interpret")(layers, head, x)
     np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6)
-    calls = _loop_kernel_calls(mlp.source())
-    stats = mlp.stats()
+    calls = _loop_kernel_calls(mlp)
     assert len(calls) == 4  # three relu layers and the head's bias
-    assert stats["kernel_files"] == len(set(calls)) == 2 < len(calls)
+    assert len(set(calls)) == 2
     assert calls[0] == calls[1] == calls[2]  # 4 -> 6 and 6 -> 6 layers: the same kernel
-
-    # another model with the same layer (same shapes, same source line) reuses its file
-    path = Path(stats["driver"]).with_name(f"{calls[0]}.py")
-    text = path.read_text()
+    # another model with the same layer reuses its compiled kernel
     w = np.random.default_rng(1).standard_normal((6, 2)).astype(np.float32)
     other = fg.jit(one_layer_other_head, target="cpu")
     np.testing.assert_allclose(other(layers[0], x, w),
                                np.tanh(np.maximum(x @ layers[0]["w"] + layers[0]["b"], 0) @ w),
                                rtol=1e-5, atol=1e-6)
-    assert calls[0] in _loop_kernel_calls(other.source())
-    assert other.stats()["kernel_files_reused"] >= 1
-    assert path.read_text() == text  # not rewritten: Numba's cached code for it stays valid
+    assert calls[0] in _loop_kernel_calls(other)
 
 
 def relu_layer_here(x, w, b):
@@ -246,7 +230,7 @@ def relu_layer_elsewhere(x, w, b):
     return fg.relu(x @ w + b)
 
 
-def test_same_layer_at_another_source_line_reuses_the_kernel_file(tmp_path, monkeypatch):
+def test_same_layer_at_another_source_line_compiles_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv("FUSEGRAD_CACHE_DIR", str(tmp_path))
     rng = np.random.default_rng(1)
     x, layer = rng.standard_normal((8, 4)).astype(np.float32), _layer(rng, 4, 6)
@@ -254,11 +238,165 @@ def test_same_layer_at_another_source_line_reuses_the_kernel_file(tmp_path, monk
     second = fg.jit(relu_layer_elsewhere, target="cpu")
     first(x, layer["w"], layer["b"])
     second(x, layer["w"], layer["b"])
-    assert _loop_kernel_calls(first.source()) == _loop_kernel_calls(second.source())
-    assert second.stats()["kernel_files_reused"] == second.stats()["kernel_files"]
+    assert _loop_kernel_calls(first) == _loop_kernel_calls(second)
+    assert second.stats()["cache_hit"] and second.stats()["kernels_compiled"] == 0
 
 
-# ---- (d) no allocation per step ----------------------------------------------------------------
+# ---- a large program ---------------------------------------------------------------------------
+
+
+def test_a_program_of_hundreds_of_kernels_compiles(tmp_path, monkeypatch):
+    """An LSTM over 16 steps with a loss per step: over 300 kernel calls, a handful of kernels
+    (every step shares them), and file names of bounded length (a kernel with many in-place
+    outputs once made a name longer than the file system allows)."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.models import lstm_lm
+
+    monkeypatch.setenv("FUSEGRAD_CACHE_DIR", str(tmp_path))
+    model = lstm_lm(16, hidden=8, emb=8, vocab=12, batch=4, per_step_loss=True)
+    step = model.step()
+    p, batch = model.params(), model.batch()
+    losses = [float(step(p, *batch)) for _ in range(3)]
+    assert losses[-1] < losses[0]
+    s = step.stats()
+    program = step._runner(step._last).compiled
+    assert len(program.entries) >= 300, len(program.entries)
+    assert s["kernels_compiled"] + s["kernels_loaded"] <= 40
+    assert max(len(p.name) for p in (tmp_path / cache.VERSION / "objects").iterdir()) <= 80
+
+
+# ---- a cache to trust --------------------------------------------------------------------------
+
+
+def _objects(cache_dir) -> list:
+    return sorted((cache_dir / cache.VERSION / "objects").glob("*.o"))
+
+
+def _programs(cache_dir) -> list:
+    return sorted((cache_dir / cache.VERSION / "programs").glob("*.json"))
+
+
+@pytest.fixture()
+def warm(tmp_path):
+    """A cache filled by one run of the script."""
+    first = run_script(tmp_path)
+    return tmp_path, first
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "empty"])
+def test_damaged_object_is_recompiled(warm, damage):
+    folder, first = warm
+    target = _objects(folder / "cache")[0]
+    data = target.read_bytes()
+    target.write_bytes({"truncate": data[:len(data) // 2],
+                        "flip": data[:-9] + bytes([data[-9] ^ 0xFF]) + data[-8:],
+                        "empty": b""}[damage])
+    result = run_script(folder)
+    assert result["kernels_compiled"] == 1, result
+    assert result["losses"] == first["losses"]
+    assert run_script(folder)["kernels_compiled"] == 0  # repaired
+
+
+def test_planted_object_with_a_wrong_checksum_is_not_run(warm):
+    """An object whose machine code was swapped (its recorded checksum no longer matches) is
+    removed and compiled again, not loaded."""
+    folder, first = warm
+    for target in _objects(folder / "cache"):
+        data = target.read_bytes()
+        head, body = data.split(b"\n", 2)[:2], data.split(b"\n", 2)[2]
+        target.write_bytes(b"\n".join(head) + b"\n" + b"\xcc" * len(body))  # int3 everywhere
+    result = run_script(folder)
+    assert result["kernels_compiled"] == len(_objects(folder / "cache")) > 0
+    assert result["losses"] == first["losses"]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_damaged_program_is_recompiled(warm, damage):
+    folder, first = warm
+    for target in _programs(folder / "cache"):
+        data = target.read_bytes()
+        target.write_bytes(data[:len(data) // 3] if damage == "truncate" else b"{not json")
+    result = run_script(folder)
+    assert result["cache"].startswith("compiled") and "unusable" in result["cache"]
+    assert result["losses"] == first["losses"]
+
+
+def test_cache_folder_others_can_write_to_is_refused(tmp_path):
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    folder.chmod(0o777)
+    env = dict(os.environ, FUSEGRAD_CACHE_DIR=str(folder))
+    code = ("import numpy as np, fusegrad as fg\n"
+            "fg.jit(lambda x: x * 2.0)(np.ones(3, np.float32))\n")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode != 0
+    assert "may be written by other users" in done.stderr and "chmod 700" in done.stderr
+    assert not list(folder.iterdir())  # nothing was written there
+
+
+def test_cache_folders_and_files_are_private(warm):
+    folder, _ = warm
+    root = folder / "cache"
+    for path in [root, *root.rglob("*")]:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert mode & 0o077 == 0, f"{path} has mode {mode:o}"
+
+
+def test_temporary_files_never_follow_a_planted_symlink(tmp_path):
+    """Temporary files get unpredictable names and are created exclusively: a symlink planted
+    where a predictable temporary name would be is never written through."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    cache_dir = tmp_path / "cache"
+    run_script(tmp_path, cache_dir=cache_dir)  # creates the folders
+    objects = cache_dir / cache.VERSION / "objects"
+    for obj in list(objects.glob("*.o")):
+        for name in (f"{obj.stem}.{os.getpid()}.tmp", obj.with_suffix(".tmp").name,
+                     f".tmp-{obj.name}"):
+            (objects / name).symlink_to(victim)
+        obj.unlink()
+    run_script(tmp_path, cache_dir=cache_dir)
+    assert victim.read_text() == "precious"
+
+
+def test_two_threads_compiling_one_program_both_succeed(tmp_path, monkeypatch):
+    monkeypatch.setenv("FUSEGRAD_CACHE_DIR", str(tmp_path))
+    namespace: dict = {}
+    exec(compile(SCRIPT.replace("relu", "tanh"), "threads.py", "exec"), namespace)
+    results, errors = [None, None], []
+
+    def train(k):
+        try:
+            step, p = namespace["make_step"]("cpu"), namespace["params"]()
+            results[k] = [float(step(p, *namespace["batch"](8, seed))) for seed in range(2)]
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=train, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors, errors
+    assert results[0] == results[1] and results[0] is not None
+
+
+# ---- no allocation per step --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(workdir, runs):
+    namespace: dict = {}
+    exec(compile(SCRIPT, "train_script.py", "exec"), namespace)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FUSEGRAD_CACHE_DIR", str(workdir / "cache"))
+        mp.setenv("FUSEGRAD_CROSSCHECK", "0")  # it would count in the measurements
+        step, p, (x, y) = namespace["make_step"]("cpu"), namespace["params"](), \
+            namespace["batch"](8)
+        step(p, x, y)
+        step(p, x, y)
+        yield step, p, x, y
 
 
 def test_compiled_step_allocates_nothing_per_call(trained):

@@ -6,6 +6,7 @@ Every stage is a pure function and every result is kept, so `step.ir("optimized"
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 
 from ..ir import Graph
@@ -43,29 +44,46 @@ class Program:
 REMAT = ("none", "cheap", "mincut")
 
 
-def _fuse_and_plan(optimized: Graph, guard):
-    fused = fuse(prepare_for_fusion(optimized), guard=guard)
+class _Clock:
+    """Adds the seconds spent in each phase to a dict (stats()["phases"])."""
+
+    def __init__(self, timings):
+        self.timings = timings
+
+    def __call__(self, phase, fn, *args, **kw):
+        t0 = time.perf_counter()
+        try:
+            return fn(*args, **kw)
+        finally:
+            if self.timings is not None:
+                self.timings[phase] = self.timings.get(phase, 0.0) + time.perf_counter() - t0
+
+
+def _fuse_and_plan(optimized: Graph, guard, clock):
+    fused = clock("fusion", lambda: fuse(prepare_for_fusion(optimized), guard=guard))
     if os.environ.get("FUSEGRAD_VERIFY", "") not in ("", "0"):
         verify_graph(fused)
-    return fused, plan_memory(fused)
+    return fused, clock("memory_plan", plan_memory, fused)
 
 
 def compile_graph(graph: Graph, dump_dir=None, guard: int | None = None,
-                  remat: str = "none") -> Program:
+                  remat: str = "none", timings: dict | None = None) -> Program:
     """Run the whole middle end on `graph`. `guard` names the output (the loss) that is checked
     before parameters are written in place (see passes/fusion.py); remat="cheap" recomputes
-    elementwise activations in the backward part (passes/remat.py)."""
+    elementwise activations in the backward part (passes/remat.py). `timings` (a dict) gets the
+    seconds of each phase added."""
     if remat not in REMAT:
         raise ValueError(f"remat must be one of {REMAT}, got {remat!r}")
+    clock = _Clock(timings)
     dump_dir = dump_dir or os.environ.get("FUSEGRAD_DUMP") or None
-    optimized = run_passes(graph, dump_dir=dump_dir)
+    optimized = clock("passes", run_passes, graph, dump_dir=dump_dir)
     if remat == "mincut":  # passes/remat.py: save a minimum cut, recompute the rest
-        optimized = remat_min_cut(optimized)
-    fused, plan = _fuse_and_plan(optimized, guard)
+        optimized = clock("remat", remat_min_cut, optimized)
+    fused, plan = _fuse_and_plan(optimized, guard, clock)
     if remat == "cheap":  # kept only where recomputing lowers the peak
-        recomputed = remat_cheap(optimized)
+        recomputed = clock("remat", remat_cheap, optimized)
         if recomputed is not optimized:
-            fused_r, plan_r = _fuse_and_plan(recomputed, guard)
+            fused_r, plan_r = _fuse_and_plan(recomputed, guard, clock)
             if plan_r.peak_bytes < plan.peak_bytes:
                 optimized, fused, plan = recomputed, fused_r, plan_r
     if dump_dir:

@@ -9,6 +9,7 @@ The aliases tell the backends which outputs may be written into which inputs' st
 from __future__ import annotations
 
 import inspect
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,7 +34,7 @@ class StepGraph:
 
 
 def build_step_graph(loss_fn, optimizer: Optimizer, args, trainable_leaves, has_aux=False,
-                     key_kwarg=False, name=None) -> StepGraph:
+                     key_kwarg=False, name=None, timings: dict | None = None) -> StepGraph:
     """Trace loss_fn(*args) (args[0] = params), differentiate w.r.t. the trainable float
     parameter leaves and append `optimizer`'s update.
 
@@ -55,7 +56,9 @@ def build_step_graph(loss_fn, optimizer: Optimizer, args, trainable_leaves, has_
         roles.append("hyper")
     else:
         fn = loss_fn
+    t0 = time.perf_counter()
     fwd = trace(fn, args, name=name or getattr(loss_fn, "__name__", "loss"), roles=roles)
+    t1 = time.perf_counter()
     graph = fwd.graph
     if key_kwarg:
         names = list(graph.input_names)
@@ -72,6 +75,7 @@ def build_step_graph(loss_fn, optimizer: Optimizer, args, trainable_leaves, has_
     n_outputs = len(graph.outputs)
 
     joint = differentiate(graph, trained, of=0)
+    t2 = time.perf_counter()
     b = GraphBuilder(joint.name)
     b.inputs, b.input_names, b.input_roles = (list(joint.inputs), list(joint.input_names),
                                               list(joint.input_roles))
@@ -105,4 +109,6 @@ def build_step_graph(loss_fn, optimizer: Optimizer, args, trainable_leaves, has_
         outputs.append(new)
         names.append(f"new {b.input_names[index[old]]}")
     step = b.build(outputs, names, aliases)
+    if timings is not None:
+        timings.update(trace=t1 - t0, autodiff=t2 - t1, optimizer=time.perf_counter() - t2)
     return StepGraph(step, fwd, trained, len(args) - 1, tuple(optimizer.slots), aux_tree)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 
 import numpy as np
 
@@ -22,7 +23,14 @@ _NUMPY_DIR = os.path.dirname(os.path.abspath(np.__file__))
 NUMPY_FUNCTIONS: dict = {}
 NUMPY_UFUNCS: dict = {}
 
-_TRACE_STACK: list["TraceContext"] = []
+class _TraceStack(threading.local):
+    """The traces in progress, per thread: two threads may trace (and compile) at once."""
+
+    def __init__(self):
+        self.stack: list["TraceContext"] = []
+
+
+_TRACES = _TraceStack()
 
 
 def user_location() -> str | None:
@@ -56,11 +64,11 @@ class TraceContext:
         self._constants: dict = {}
 
     def __enter__(self):
-        _TRACE_STACK.append(self)
+        _TRACES.stack.append(self)
         return self
 
     def __exit__(self, *exc):
-        _TRACE_STACK.pop()
+        _TRACES.stack.pop()
 
     def new_input(self, type: TensorType, name: str, role: str) -> "Tracer":
         return Tracer(self, self.builder.add_input(type, name, role))
@@ -92,7 +100,8 @@ class TraceContext:
 
 
 def current_trace() -> TraceContext | None:
-    return _TRACE_STACK[-1] if _TRACE_STACK else None
+    stack = _TRACES.stack
+    return stack[-1] if stack else None
 
 
 def context_of(args) -> TraceContext | None:

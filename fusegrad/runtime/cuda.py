@@ -19,8 +19,23 @@ import numpy as np
 
 from ..ir.types import is_device_array
 from . import cache
-from .cpu import output_storage
 from .cuda_device import require_cuda
+
+
+def output_storage(fused, plan):
+    """Where each graph output can be read after a run (see CudaBuild.output)."""
+    out = []
+    for v in fused.outputs:
+        kind, where = plan.storage[v]
+        while kind == "view":
+            kind, where = plan.storage[where]
+        if kind == "arena":
+            out.append(("arena", where.offset, v.type.dtype, v.shape))
+        elif kind == "input":
+            out.append(("input", where, v.shape))
+        else:
+            out.append(("const", where.attrs["value"].array.reshape(v.shape)))
+    return out
 
 
 class CudaBuild:
@@ -29,15 +44,14 @@ class CudaBuild:
     def __init__(self, program, code):
         self.cuda = cuda = require_cuda()
         t0 = time.perf_counter()
-        name = cache.content_name("cuda", code.module)
-        self.module, hit = cache.load_module(name, code.module)
+        self.module, hit = cache.load_python_module("cuda", code.module)
         self.load_seconds = time.perf_counter() - t0
         self.cache_hit = hit
         self.cache_reason = ("the module was on disk" if hit else "new program structure: "
                              "module written")
         self.kernel_files = len(code.kernels)
         self.kernel_files_reused = len(code.kernels) if hit else 0
-        self.driver_path = str(cache.cache_dir() / f"{name}.py")
+        self.driver_path = self.module.__file__
         self.driver = "python"  # a Python function launching the kernels (stats' driver_kind)
         self.code = code
         fused, plan = program.fused, program.plan

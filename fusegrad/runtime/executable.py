@@ -1,72 +1,138 @@
-"""Executable: runs a compiled program's driver over one arena allocated once.
+"""Executable: a CompiledProgram made runnable, over memory allocated once.
 
-    exe = Executable(driver, dims, arena_bytes, scratch, constants, outputs...)
-    ok = exe.run(inputs)          # one call into compiled code; no allocation
+    exe = Executable(program, kernel_addresses, dispatcher_address)
+    status = exe.run(inputs)      # one call into the dispatcher; no allocation
     exe.output(k)                 # a copy of output k (loss, aux, gradients)
 
-Inputs are passed flat (views of the caller's arrays), so parameters and optimizer state that
-the plan writes in place are updated in the caller's own storage.
+The schedule table lives in one int64 block the dispatcher reads (compiler/artifact.py explains
+arguments as base + offset). Per call, only the input bases change: the addresses of the
+caller's arrays, so parameters and optimizer state are updated in their own storage. Inputs are
+checked against what the program was compiled for before anything runs: shape and dtype exactly,
+written inputs writable and C-contiguous.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from ..compiler.artifact import BASES, CONSTANTS, FLOATS, INTS, SCRATCH, ARENA
+from .native import entry_function
+
 ALIGN = 64
+_HEADER = 5  # n, nargs, nbases, start, stop
 
 
-def _aligned_bytes(n: int) -> np.ndarray:
+def aligned_bytes(n: int) -> np.ndarray:
     """A zeroed uint8 array of n bytes whose data starts on a 64-byte boundary."""
     raw = np.zeros(n + ALIGN, np.uint8)
     start = (-raw.ctypes.data) % ALIGN
     return raw[start:start + n]
 
 
+class InputMismatchError(ValueError):
+    """An input of another shape, dtype or layout than the program was compiled for."""
+
+
 class Executable:
-    def __init__(self, run, dims, fconst, arena_bytes, scratch_elements, constants,
-                 output_storage, written_inputs=(), input_names=()):
-        self._run = run
-        self.dims = np.asarray(dims, np.int64)
-        self.fconst = np.asarray(fconst, np.float64)
-        self.arena = _aligned_bytes(max(arena_bytes, ALIGN))
-        self.scratch = np.zeros(max(scratch_elements, 1), np.float64)
-        # constants are passed writable (Numba types read-only arrays differently)
-        self.constants = [np.array(c, copy=True).reshape(-1) for c in constants]
-        self.written = set(written_inputs)  # inputs the driver updates in place
-        self.input_names = list(input_names)
-        self._outputs = output_storage  # per output: ("arena", offset, dtype, shape) / ("input", i)
-        self._flat_cache: dict = {}
-        self._last_inputs = None
+    def __init__(self, program, kernel_addresses: list, dispatcher_address: int):
+        self.program = program
+        p = program
+        n, nargs = len(p.entries), len(p.arg_base)
+        self.n_inputs = len(p.inputs)
+        nbases = len(BASES) + self.n_inputs
+        self.arena = aligned_bytes(max(p.arena_bytes, ALIGN))
+        self.scratch = aligned_bytes(max(p.scratch_bytes, ALIGN))
+        self.ints = np.array(p.ints or [0], np.int64)
+        self.floats = np.array(p.floats or [0.0], np.float64)
+        offsets = p.constant_offsets()
+        total = (offsets[-1] + p.constants[-1].nbytes) if p.constants else 0
+        self.consts = aligned_bytes(max(total, ALIGN))
+        for c, at in zip(p.constants, offsets):
+            self.consts[at:at + c.nbytes] = np.frombuffer(np.ascontiguousarray(c).tobytes(),
+                                                          np.uint8)
+        block = np.zeros(_HEADER + 2 * n + 2 * nargs + nbases + nargs, np.int64)
+        block[:_HEADER] = (n, nargs, nbases, 0, n)
+        at = _HEADER
+        block[at:at + n] = [kernel_addresses[e.kernel] for e in p.entries]
+        at += n
+        block[at:at + n] = [e.args for e in p.entries]
+        at += n
+        block[at:at + nargs] = p.arg_base
+        at += nargs
+        block[at:at + nargs] = p.arg_offset
+        at += nargs
+        self.bases = block[at:at + nbases]  # a view: inputs are written here each call
+        self.bases[[ARENA, SCRATCH, INTS, FLOATS, CONSTANTS]] = [
+            self.arena.ctypes.data, self.scratch.ctypes.data, self.ints.ctypes.data,
+            self.floats.ctypes.data, self.consts.ctypes.data]
+        self.block = block
+        # the dispatcher is entered like any kernel: with the address of its argument block,
+        # whose one argument is the schedule's block
+        self._argv = np.array([block.ctypes.data], np.int64)
+        self._block_address = self._argv.ctypes.data
+        self._run = entry_function(dispatcher_address)
+        self._first_input = len(BASES)
+        self._specs = [(tuple(i.shape), np.dtype(i.dtype), i.written) for i in p.inputs]
+        self._seen: list = [None] * self.n_inputs  # the array last passed as each input
+        self._keep: list = [None] * self.n_inputs  # contiguous copies of read-only inputs
+        self.inputs: list = [None] * self.n_inputs
 
-    def _flat(self, k, x):
-        """A flat view of input k; the same array object reuses last call's view."""
-        cached = self._flat_cache.get(k)
-        if cached is not None and cached[0] is x:
-            return cached[1]
-        if x.flags.c_contiguous:
-            flat = x.reshape(-1)  # a view: in-place updates land in the caller's array
-        elif k in self.written:
-            name = self.input_names[k] if k < len(self.input_names) else f"input {k}"
-            raise ValueError(f"{name} is updated in place, so it must be C-contiguous: "
-                             f"replace it once with np.ascontiguousarray({name}) before training")
-        else:
-            flat = np.ascontiguousarray(x).reshape(-1)
-        self._flat_cache[k] = (x, flat)
-        return flat
+    # ---- inputs ----
+    def _bind(self, k, x):
+        """Check input k and point the schedule at its data."""
+        shape, dtype, written = self._specs[k]
+        name = self.program.inputs[k].name
+        if not isinstance(x, np.ndarray):
+            raise InputMismatchError(f"{name}: expected a NumPy array, got {type(x).__name__}")
+        if x.shape != shape or x.dtype != dtype:
+            raise InputMismatchError(f"{name}: the program was compiled for {dtype}{list(shape)}, "
+                                     f"got {x.dtype}{list(x.shape)}")
+        keep = None
+        if not x.flags.c_contiguous:
+            if written:
+                raise ValueError(f"{name} is updated in place, so it must be C-contiguous: "
+                                 f"replace it once with np.ascontiguousarray({name}) before "
+                                 f"training")
+            keep = np.ascontiguousarray(x)
+        elif written and not x.flags.writeable:
+            raise ValueError(f"{name} is updated in place, so it must be writable")
+        data = keep if keep is not None else x
+        self.bases[self._first_input + k] = data.ctypes.data if data.size else 0
+        self._seen[k], self._keep[k] = x, keep
 
-    def run(self, inputs) -> bool:
-        flat = [self._flat(k, x) for k, x in enumerate(inputs)]
-        self._last_inputs = inputs
-        return bool(self._run(self.arena, self.dims, self.fconst, self.scratch, *flat,
-                              *self.constants))
+    def bind(self, inputs) -> None:
+        if len(inputs) != self.n_inputs:
+            raise InputMismatchError(f"the program takes {self.n_inputs} inputs, got "
+                                     f"{len(inputs)}")
+        seen = self._seen
+        for k, x in enumerate(inputs):
+            # the same array as last call, unchanged (resize() could change its shape): its
+            # address is already in the table
+            if x is not seen[k] or x.shape != self._specs[k][0]:
+                self._bind(k, x)
+        self.inputs = inputs
+
+    # ---- running ----
+    def run(self, inputs) -> int:
+        """Run the whole schedule; returns 0, or 256 * entry + status of the entry that
+        stopped it (a failed check: nothing after it ran)."""
+        self.bind(inputs)
+        return self._run(self._block_address)
+
+    def run_entries(self, start: int, stop: int) -> int:
+        """Run entries [start, stop) only (profiling), on the inputs bound last."""
+        self.block[3], self.block[4] = start, stop
+        try:
+            return self._run(self._block_address)
+        finally:
+            self.block[3], self.block[4] = 0, len(self.program.entries)
 
     def output(self, k, copy=True):
-        kind = self._outputs[k]
-        if kind[0] == "input":  # an output that is an input, or a reshaped view of one
-            x = np.asarray(self._last_inputs[kind[1]]).reshape(kind[2])
-        elif kind[0] == "const":
-            x = kind[1]
+        o = self.program.outputs[k]
+        if o.kind == "input":  # an output that is an input, or a reshaped view of one
+            x = np.asarray(self.inputs[o.index]).reshape(o.shape)
+        elif o.kind == "const":
+            x = self.program.constants[o.index].reshape(o.shape)
         else:
-            _, offset, dtype, shape = kind
-            n = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-            x = self.arena[offset:offset + n].view(dtype).reshape(shape)
+            n = int(np.prod(o.shape, dtype=np.int64)) * np.dtype(o.dtype).itemsize
+            x = self.arena[o.index:o.index + n].view(o.dtype).reshape(o.shape)
         return np.array(x, copy=True) if copy else x

@@ -1,177 +1,248 @@
-"""CPU code generation: a fused Program -> Numba source (kernel modules + one driver).
+"""CPU code generation: a fused Program -> a CompiledProgram (kernel sources + schedule table).
 
-Loop kernels become `@njit` functions in files of their own, named by their structural hash
-(`row_6c70d0386e.py`): sizes are arguments, so the three identical layers of an MLP, or two
-models with the same layer, share one compiled kernel, and a new batch size compiles nothing.
-GEMMs and data movement call the fixed library kernels of cpu_library. The driver runs the
-schedule: it slices every value's buffer out of the arena, calls the kernels in order, checks
-the loss before any parameter is overwritten, and copies back what could not be in place. All
-shape-dependent numbers live in its `dims` table, so its text depends only on the structure.
+Loop kernels are kernel-language functions (cpu_loops; see kernel_lang.py), one per structure,
+named by a hash of that structure (`row_6c70d0386e21`): sizes and constants are arguments, so the
+identical layers of a model, its time steps, or two models with the same layer share one kernel,
+and a new batch size compiles nothing. GEMMs and data movement are instances of the library
+(cpu_library) for their operands' dtypes. Nothing is compiled here: the runtime compiles (or
+finds on disk) each kernel, then runs the schedule with one call into a generic dispatcher
+(runtime/cpu.py), which calls every kernel through the same C signature from a table.
 
-Kernel files carry structural comments (region-local names); the driver's lines name the IR
-values and the user's source lines, and `render_source()` shows the kernels with those too.
+The schedule is data: for each call, the kernel and its arguments as (base, offset) pairs (where
+a value lives: the arena, an input, the sizes table ...). Its text is rendered for people only
+(`render_source`): each line names the IR values and the user's source line, like the kernels'
+comments, and none of it is part of any cache key.
 """
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
 from math import prod
-from pathlib import Path
+from typing import NamedTuple
 
 from ...ir.printer import short_loc, var_names
+from ..artifact import (ARENA, BASES, CONSTANTS, FLOATS, INTS, SCRATCH, ZERO, CompiledProgram,
+                        Entry, Input, Kernel, Output)
 from ..passes.prepare import batch_suffix
-from .common import LOOP_KINDS, NP_TYPE as NP_VIEW, Table as _Table
+from .common import LOOP_KINDS
 from .common import structural_names as _region_names
+from .cpu_library import library_kernel
 from .cpu_loops import LoopKernel
-from .cpu_movement import MOVEMENT
+from .cpu_movement import MOVEMENT, Array, Count, Flag, Int, Ints, LibCall, Real
 
-# Numba's cache does not see changes in inlined functions: stamp kernels with cpu_math's hash
-MATH_STAMP = hashlib.sha1(b"".join(
-    (Path(__file__).parent / f).read_bytes() for f in ("cpu_math.py", "cpu_intrinsics.py")
-)).hexdigest()[:12]
-LIBRARY_STAMP = hashlib.sha1((Path(__file__).parent / "cpu_library.py").read_bytes()).hexdigest()
 KERNEL_HEADER = '''"""fusegrad kernel {name}: {kind} loop over a 2-D space (R, C). Generated; do not edit."""
-# inlined math: cpu_math {math_stamp} (a new version rewrites this file, so Numba recompiles it)
 import math
 
 import numpy as np
-from numba import njit
 
 from fusegrad.compiler.codegen.cpu_intrinsics import radd
 from fusegrad.compiler.codegen.cpu_math import erf_f32, exp_f32, log_f32, sigmoid_f32, tanh_f32
-
+from fusegrad.compiler.codegen.kernel_lang import kernel
 
 # only FMA contraction function-wide: reductions reassociate through radd alone (see
 # cpu_intrinsics), and no 'arcp'/'afn', whose reciprocal-sqrt sequences make 1/sqrt(0) NaN
-@njit(cache=True, fastmath={{"contract"}}, error_model="numpy", nogil=True)
+
+
 '''
+
+
+class Ref(NamedTuple):
+    """Where a value's data starts: bases[base] + offset (bytes), and what to call it."""
+    base: int
+    offset: int
+    dtype: str
+    name: str
+
+
+class Arg(NamedTuple):
+    base: int
+    offset: int
+    shown: str  # how render_source shows it
 
 
 @dataclass
 class GeneratedCode:
-    kernels: dict  # structural name -> kernel module source (what goes on disk)
-    driver: str  # the driver module source
-    dims: list  # the driver's size table for this signature
-    fconst: list  # the driver's float constants for this signature
-    scratch_elements: int  # float64 scratch the column kernels need
-    readable: dict = field(default_factory=dict)  # name -> kernel source with this program's names
+    program: CompiledProgram
+    schedule: list = field(default_factory=list)  # readable line per entry
+    readable: dict = field(default_factory=dict)  # kernel name -> source with this program's names
 
 
-class _Driver:
+def _digest(*parts) -> str:
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:12]
+
+
+class _Builder:
     def __init__(self, program, exact_math=False, guard=None):
-        self.program = program
         self.fused = program.fused
         self.plan = program.plan
+        self.stats = program.stats()
         self.names = var_names(self.fused)
         self.exact_math = exact_math
         self.guard = guard
-        self.dims = _Table("dims", int)
-        self.fconst = _Table("fconst", float)
         self.ref: dict = {}
-        self.storage_key: dict = {}  # driver name -> its storage (same key: same memory)
-        self.lines: list[str] = []
-        self.kernels: dict = {}
+        self.kernels: list[Kernel] = []
+        self.kernel_index: dict = {}  # name -> index
         self.readable: dict = {}
-        self.imports: set = set()
-        self.scratch = 0
-        self.calls: list = []  # (line index, comment) of every kernel call, for profiling
+        self.entries: list[Entry] = []
+        self.arg_base: list[int] = []
+        self.arg_offset: list[int] = []
+        self.ints: list[int] = []
+        self.floats: list[float] = []
+        self.schedule: list[str] = []
+        self.scratch_bytes = 0
+        self.constants: list = []
 
-    def value(self, v) -> str:
-        return self.ref[v]
-
-    def define_values(self):
-        for k, v in enumerate(self.fused.inputs):
-            self.ref[v] = f"i{k}"
-        consts = [n for n in self.fused.nodes if n.op == "constant"]
-        for k, n in enumerate(consts):
-            self.ref[n.out] = f"c{k}"
-        for n in self.fused.nodes:
+    # ---- where values live ----
+    def locate_values(self):
+        fused, plan = self.fused, self.plan
+        first_input = len(BASES)
+        for k, v in enumerate(fused.inputs):
+            self.ref[v] = Ref(first_input + k, 0, v.dtype, fused.input_names[k])
+        consts = [n for n in fused.nodes if n.op == "constant"]
+        self.constants = [n.attrs["value"].array.reshape(-1) for n in consts]
+        at = 0
+        for n, c in zip(consts, self.constants):
+            self.ref[n.out] = Ref(CONSTANTS, at, n.out.dtype, self.names.get(n.out, "%?"))
+            at += (c.nbytes + 63) // 64 * 64
+        for n in fused.nodes:
             for v in n.outputs:
-                kind, where = self.plan.storage[v]
+                kind, where = plan.storage[v]
                 if kind == "arena":
-                    name = f"v{self.names[v][1:]}"
-                    start = self.dims(where.offset)
-                    stop = self.dims(where.offset + v.type.nbytes)
-                    self.lines.append(f"{name} = arena[{start}:{stop}].view({NP_VIEW[v.dtype]})"
-                                      f"  # {self.names[v]} ({v.dtype}) in buf{where.index}")
-                    self.ref[v] = name
-                    self.storage_key[name] = ("arena", where.offset, v.type.nbytes, v.dtype)
+                    self.ref[v] = Ref(ARENA, where.offset, v.dtype, self.names.get(v, "%?"))
                 elif kind == "input":
-                    self.ref[v] = f"i{where}"
+                    base = self.ref[fused.inputs[where]]
+                    self.ref[v] = base._replace(dtype=v.dtype)
                 elif kind == "view":
-                    self.ref[v] = self.ref[where]
-        return consts
+                    self.ref[v] = self.ref[where]._replace(dtype=v.dtype)
 
+    # ---- arguments ----
+    @staticmethod
+    def pointer(ref: Ref) -> Arg:
+        return Arg(ref.base, ref.offset, ref.name)
+
+    @staticmethod
+    def size(n) -> Arg:
+        return Arg(ZERO, int(n), str(int(n)))
+
+    def int_table(self, values) -> Arg:
+        start = len(self.ints)
+        self.ints.extend(int(v) for v in values)
+        return Arg(INTS, 8 * start, "[" + ", ".join(str(int(v)) for v in values) + "]")
+
+    def float_table(self, values) -> Arg:
+        start = len(self.floats)
+        self.floats.extend(float(v) for v in values)
+        return Arg(FLOATS, 8 * start, "[" + ", ".join(repr(float(v)) for v in values) + "]")
+
+    def scratch(self, start_bytes) -> Arg:
+        return Arg(SCRATCH, start_bytes, f"scratch+{start_bytes}")
+
+    # ---- kernels and calls ----
+    def add_kernel(self, name, text, readable=None) -> int:
+        k = self.kernel_index.get(name)
+        if k is None:
+            k = self.kernel_index[name] = len(self.kernels)
+            self.kernels.append(Kernel(name, text))
+            if readable is not None:
+                self.readable[name] = readable
+        elif self.kernels[k].text != text:
+            raise AssertionError(f"two different kernels are both named {name}")
+        return k
+
+    def call(self, kernel: int, args, what, loc="", check=""):
+        self.entries.append(Entry(kernel, len(self.arg_base), len(args), what, check))
+        for a in args:
+            self.arg_base.append(a.base)
+            self.arg_offset.append(a.offset)
+        shown = f"{self.kernels[kernel].name}({', '.join(a.shown for a in args)})"
+        self.schedule.append(f"{shown}  # {what}" + (f" ({loc})" if loc else ""))
+
+    def library(self, call: LibCall, what, loc="", check=""):
+        dtypes = [h.dtype for h in call.arrays()]
+        name, text = library_kernel(call.fn, dtypes)
+        args = []
+        for a in call.args:
+            if isinstance(a, Array):
+                args.append(self.pointer(a.handle))
+            elif isinstance(a, (Int, Count)):
+                args.append(self.size(a.value))
+            elif isinstance(a, Flag):
+                args.append(Arg(ZERO, int(bool(a.value)), str(bool(a.value))))
+            elif isinstance(a, Ints):
+                args.append(self.int_table(a.values))
+            elif isinstance(a, Real):
+                args.append(self.float_table([a.value]))
+            else:
+                raise TypeError(f"no CPU form for {a!r}")
+        self.call(self.add_kernel(name, text), args, what, loc, check)
+
+    # ---- one fused kernel node ----
     def emit_kernel(self, node, env):
-        """Lines calling `node`; env maps its operands (outer Vars) to driver names."""
         kind = node.attrs["kind"]
-        ins = [env(v) for v in node.inputs]
-        outs = [env(v) for v in node.outputs]
         if kind == "multi":
             inner = dict(zip(node.region.inputs, node.inputs))
             inner.update(zip(node.region.outputs, node.outputs))
             for k in node.region.nodes:
                 self.emit_kernel(k, lambda v, inner=inner: env(inner[v]))
             return
-        comment = f"  # {', '.join(self.names.get(v, '%?') for v in node.outputs)} = {kind}"
+        ins = [env(v) for v in node.inputs]
+        outs = [env(v) for v in node.outputs]
+        what = f"{', '.join(self.names.get(v, '%?') for v in node.outputs)} = {kind}"
         loc = short_loc(node.loc)
-        comment += f" ({loc})" if loc else ""
         if kind in LOOP_KINDS:
-            self.emit_loop(node, ins, outs, comment)
+            self.emit_loop(node, ins, outs, what, loc)
             return
-        # one primitive: its operands, by position, as driver names (an operand may repeat)
-        (prim,) = node.region.nodes
+        (prim,) = node.region.nodes  # one primitive: its operands, by position
         operand = dict(zip(node.region.inputs, ins))
         prim_ins = [operand[v] for v in prim.inputs]
         if kind == "gemm":
-            self.emit_gemm(prim, prim_ins, outs, comment)
-        else:
-            emitter = MOVEMENT.get(prim.op)
-            if emitter is None:
-                raise NotImplementedError(f"no CPU emitter for a lone {prim.op} kernel")
-            lines = emitter(prim, prim_ins, outs[0], self.dims)
-            self.lines += [lines[0] + comment] + lines[1:]
-            self.calls.append((len(self.lines) - 1, comment))
-            self.imports.add(lines[0].split("(")[0])
-            for ln in lines[1:]:
-                self.imports.add(ln.split("(")[0])
+            self.emit_gemm(prim, prim_ins, outs, what, loc)
+            return
+        emitter = MOVEMENT.get(prim.op)
+        if emitter is None:
+            raise NotImplementedError(f"no CPU emitter for a lone {prim.op} kernel")
+        for call in emitter(prim, prim_ins, outs[0]):
+            self.library(call, what, loc)
 
-    def _inplace(self, ins, outs) -> dict:
-        """{output k: input m} for outputs the plan stores in an input's own memory."""
-        key = [self.storage_key.get(x, x) for x in ins]
-        return {k: key.index(self.storage_key.get(o, o)) for k, o in enumerate(outs)
-                if self.storage_key.get(o, o) in key}
+    @staticmethod
+    def _key(ref: Ref):
+        return (ref.base, ref.offset)
 
-    def emit_loop(self, node, ins, outs, comment):
-        inplace = self._inplace(ins, outs)
-        # in-place variants are kernels of their own: their signature has fewer arrays
-        name = node.attrs["name"] + "".join(f"_o{k}a{m}" for k, m in sorted(inplace.items()))
+    def emit_loop(self, node, ins, outs, what, loc):
+        keys = [self._key(r) for r in ins]
+        # an output stored in its input's memory is stored through that input's own pointer
+        inplace = {k: keys.index(self._key(o)) for k, o in enumerate(outs)
+                   if self._key(o) in keys}
+        # pointers may be declared non-overlapping unless written memory is passed twice
+        written = {self._key(o) for o in outs}
+        pointers = keys + [self._key(o) for k, o in enumerate(outs) if k not in inplace]
+        noalias = all(pointers.count(w) <= 1 for w in written)
+        name = f"{node.attrs['kind'].replace('+', '')}_" + _digest(
+            node.attrs["name"], sorted(inplace.items()), noalias, self.exact_math)
         kernel = LoopKernel(node, _region_names(node.region), self.exact_math, structural=True,
                             inplace=inplace)
-        text = kernel.source(name)  # also collects this call's constant values
-        if name not in self.kernels:
-            self.kernels[name] = (KERNEL_HEADER.format(name=name, kind=node.attrs["kind"],
-                                                       math_stamp=MATH_STAMP) + text + "\n")
+        text = kernel.source(name, noalias)  # also collects this call's constant values
+        header = KERNEL_HEADER.format(name=name, kind=node.attrs["kind"])
+        readable = None
+        if name not in self.kernel_index:
             shown = LoopKernel(node, self._readable_names(node), self.exact_math,
                                inplace=inplace)
-            self.readable[name] = shown.source(name)
+            readable = shown.source(name, noalias)
+        index = self.add_kernel(name, header + text + "\n", readable)
         space = kernel.space
         R, C = (1, space.R * space.C) if kernel.flat else (space.R, space.C)
-        outs = [o for k, o in enumerate(outs) if k not in inplace]
-        args = [self.dims(R), self.dims(C), *ins, *outs]
+        args = [self.size(R), self.size(C), *(self.pointer(r) for r in ins),
+                *(self.pointer(o) for k, o in enumerate(outs) if k not in inplace)]
         start = 0
-        for size, view in kernel.scratch_parts(R, C):  # partials and row cache: scratch slices
-            part = f"scratch[{self.dims(start)}:{self.dims(start + size)}]"
-            args.append(f"{part}.view({NP_VIEW[view]})" if view else part)
-            start += size
-        self.scratch = max(self.scratch, start)
+        for elements, _ in kernel.scratch_parts(R, C):  # partials and row cache
+            args.append(self.scratch(8 * start))
+            start += elements
+        self.scratch_bytes = max(self.scratch_bytes, 8 * start)
         if kernel.fconsts:
-            args.append(self.fconst(*kernel.fconsts, always_slice=True))
+            args.append(self.float_table(kernel.fconsts))
         if kernel.iconsts:
-            args.append(self.dims(*kernel.iconsts, always_slice=True))
-        self.imports.add(name)
-        self.lines.append(f"{name}({', '.join(args)}){comment}")
-        self.calls.append((len(self.lines) - 1, comment))
+            args.append(self.int_table(kernel.iconsts))
+        self.call(index, args, what, loc)
 
     def _readable_names(self, node):
         """This program's %N names for the region's values (for render_source)."""
@@ -179,94 +250,89 @@ class _Driver:
                                                        *(u for n in node.region.nodes
                                                          for u in n.outputs))}
 
-    def emit_gemm(self, mm, ins, outs, comment):
+    def emit_gemm(self, mm, ins, outs, what, loc):
         a, b = mm.inputs
         ta, tb = mm.attrs["transpose_a"], mm.attrs["transpose_b"]
         m, n = mm.out.shape[-2:]
         k = a.shape[-2] if ta else a.shape[-1]
         batch_shape = mm.out.shape[:-2]
-        batch = prod(batch_shape)
         for x in (a, b):  # prepare_for_fusion leaves only suffix batch broadcasts
             if not batch_suffix(x.shape[:-2], batch_shape):
                 raise NotImplementedError(f"matmul batch broadcasting {a.type} @ {b.type}")
         fn = "gemm" if mm.out.dtype.startswith("float") else "gemm_loops"
-        self.imports.add(fn)
-        sizes = ", ".join(self.dims(v) for v in (batch, prod(a.shape[:-2]), prod(b.shape[:-2]),
-                                                  m, n, k))
-        self.lines.append(f"{fn}({ins[0]}, {ins[1]}, {outs[0]}, {sizes}, {ta}, {tb}){comment}")
-        self.calls.append((len(self.lines) - 1, comment))
+        sizes = [Int(v) for v in (prod(batch_shape), prod(a.shape[:-2]), prod(b.shape[:-2]),
+                                  m, n, k)]
+        self.library(LibCall(fn, (Array(ins[0]), Array(ins[1]), Array(outs[0]), *sizes,
+                                  Flag(ta), Flag(tb))), what, loc)
 
-    def _python_twin(self, params, timed):
-        """The same schedule as a plain Python function: `run_python` (the Python driver: no
-        driver compile, a few microseconds per kernel call), or `run_profiled`, which also
-        times every kernel call (Runner.profile)."""
-        if not timed:
-            return ["", "def run_python(" + ", ".join(params) + "):",
-                    *("    " + ln for ln in self.lines), ""]
-        marks = {k: c for k, c in self.calls}
-        lines = ["", "def run_profiled(_clock, _marks, " + ", ".join(params) + "):",
-                 "    _t = _clock()"]
-        for k, ln in enumerate(self.lines):
-            lines.append("    " + ln)
-            if k in marks:
-                lines += ["    _now = _clock()",
-                          f"    _marks.append(({marks[k].strip()[2:]!r}, _now - _t))",
-                          "    _t = _now"]
-        return lines + [""]
-
+    # ---- the whole program ----
     def generate(self) -> GeneratedCode:
-        consts = self.define_values()
-        aliased_writes = {v for v, (kind, _) in self.plan.storage.items() if kind == "input"}
-        guard_var = self.fused.outputs[self.guard] if self.guard is not None else None
-        for node in self.fused.nodes:
+        fused, plan = self.fused, self.plan
+        self.locate_values()
+        aliased_writes = {v for v, (kind, _) in plan.storage.items() if kind == "input"}
+        guard_var = fused.outputs[self.guard] if self.guard is not None else None
+        for node in fused.nodes:
             if node.op != "kernel":
                 continue
-            self.emit_kernel(node, self.value)
+            self.emit_kernel(node, self.ref.__getitem__)
             if guard_var is not None and guard_var in node.outputs:
-                self.lines.append(f"if not np.isfinite({self.value(guard_var)}[0]):"
-                                  f"  # the loss: stop before any parameter is overwritten")
-                self.lines.append("    return False")
+                loss = self.ref[guard_var]
+                self.library(LibCall("check_finite", (Array(loss), Count(guard_var.type.size))),
+                             f"{self.names.get(guard_var, '%?')} is finite: before any "
+                             f"parameter is overwritten", check="loss")
                 guard_var = None
             elif guard_var is not None and aliased_writes & set(node.outputs):
                 raise AssertionError("a parameter is overwritten before the loss is checked")
-        for o, i in self.plan.copies_back:
-            self.lines.append(f"i{i}[:] = {self.value(self.fused.outputs[o])}"
-                              f"  # {self.fused.output_names[o]} (not in place)")
-        self.lines.append("return True")
-        params = ["arena", "dims", "fconst", "scratch",
-                  *(f"i{k}" for k in range(len(self.fused.inputs))),
-                  *(f"c{k}" for k in range(len(consts)))]
-        kernel_imports = sorted(n for n in self.imports if n in self.kernels)
-        library = sorted(n for n in self.imports if n not in self.kernels)
-        # Numba links the callees' machine code into a cached caller and does not notice when
-        # they change: the stamp of everything called makes a new driver file in that case
-        called = hashlib.sha1("".join(self.kernels[n] for n in kernel_imports).encode()
-                              + LIBRARY_STAMP.encode()).hexdigest()[:16]
-        header = [f'"""fusegrad driver for {self.fused.name}: {len(self.fused.nodes)} steps. '
-                  f'Generated; do not edit."""',
-                  f"# calls kernels and library code stamped {called}",
-                  "import numpy as np", "from numba import njit", ""]
-        if library:
-            header.append(f"from fusegrad.compiler.codegen.cpu_library import "
-                          f"{', '.join(library)}")
-        header += [f"from fusegrad_kernels.{n} import {n}" for n in kernel_imports]
-        inputs_doc = [f"# i{k}: {self.fused.input_names[k]} ({v.dtype}, rank {len(v.shape)})"
-                      for k, v in enumerate(self.fused.inputs)]
-        body = ["", "", *inputs_doc, "@njit(cache=True, nogil=True)",
-                f"def run({', '.join(params)}):", *("    " + ln for ln in self.lines), "",
-                *self._python_twin(params, timed=False), *self._python_twin(params, timed=True)]
-        return GeneratedCode(self.kernels, "\n".join(header + body), self.dims.values,
-                             self.fconst.values, self.scratch, self.readable)
+        for o, i in plan.copies_back:
+            v = fused.outputs[o]
+            self.library(LibCall("copy", (Array(self.ref[v]), Array(self.ref[fused.inputs[i]]),
+                                          Count(v.type.size))),
+                         f"{fused.output_names[o]} (not in place)")
+        program = CompiledProgram(
+            name=fused.name, kernels=self.kernels, entries=self.entries,
+            arg_base=self.arg_base, arg_offset=self.arg_offset, ints=self.ints,
+            floats=self.floats, arena_bytes=plan.arena_bytes, scratch_bytes=self.scratch_bytes,
+            constants=self.constants, inputs=self._inputs(), outputs=self._outputs(),
+            stats=self.stats)
+        return GeneratedCode(program, self.schedule, self.readable)
+
+    def _inputs(self) -> list:
+        fused, plan = self.fused, self.plan
+        written = {w for v, (kind, w) in plan.storage.items()
+                   if kind == "input" and v not in fused.inputs} | {i for _, i in plan.copies_back}
+        return [Input(fused.input_names[k], tuple(v.shape), v.dtype, k in written)
+                for k, v in enumerate(fused.inputs)]
+
+    def _outputs(self) -> list:
+        fused, plan = self.fused, self.plan
+        consts = [n.out for n in fused.nodes if n.op == "constant"]
+        out = []
+        for v in fused.outputs:
+            kind, where = plan.storage[v]
+            while kind == "view":
+                kind, where = plan.storage[where]
+            if kind == "arena":
+                out.append(Output("arena", where.offset, tuple(v.shape), v.dtype))
+            elif kind == "input":
+                out.append(Output("input", where, tuple(v.shape), v.dtype))
+            else:
+                out.append(Output("const", consts.index(where.out), tuple(v.shape), v.dtype))
+        return out
 
 
 def generate_cpu(program, exact_math=False, guard=None) -> GeneratedCode:
-    """Kernel modules and the driver module for `program` (see module docstring)."""
-    return _Driver(program, exact_math, guard).generate()
+    """The CompiledProgram of `program` and its readable schedule (see module docstring)."""
+    return _Builder(program, exact_math, guard).generate()
 
 
 def render_source(code: GeneratedCode) -> str:
-    """The driver and every kernel, the kernels commented with this program's IR names."""
-    parts = [code.driver.split("\ndef run_python(")[0].rstrip() + "\n"]  # not its Python twins
+    """The schedule, then every loop kernel, commented with this program's IR names and the
+    user's source lines."""
+    p = code.program
+    lines = [f"# fusegrad program {p.name}: {len(p.entries)} calls of {len(p.kernels)} kernels, "
+             f"run in order by the dispatcher (runtime/cpu.py)"]
+    lines += [f"# {k:3d}  {line}" for k, line in enumerate(code.schedule)]
+    parts = ["\n".join(lines) + "\n"]
     for name in sorted(code.readable):
         parts.append(f"# ---- kernel {name} ----\n" + code.readable[name])
     return "\n\n".join(parts) + "\n"

@@ -1,38 +1,37 @@
-"""Fixed, shape-generic Numba kernels for what is not a fused loop: GEMMs and data movement.
+"""The CPU library: fixed, shape-generic code for what is not a fused loop (GEMMs, data movement,
+gathers, middle-axis reductions, windows, random numbers), written in the kernel language.
 
-Every array is passed flat (1-D, C-contiguous) with its sizes as runtime arguments, so one
-compiled kernel serves every shape and every model (`cache=True`: compiled once per machine).
-The generated driver calls these with sizes read from its `dims` table.
+Every operand is a pointer to flat, C-contiguous data and every size an argument, so one compiled
+instance serves every shape and every model. `library_kernel(fn, dtypes)` writes the kernel
+module of one instance: a @kernel wrapper, typed for the operands' dtypes, that calls the
+function here (the native compiler inlines it). Each function is also a Numba function
+(njit, inline), so the same modules compile under Numba, the reference compiler.
+
+What each function computes is what the reference interpreter computes (ir/interpret.py),
+element for element: the same summation order in reductions, NaN as the maximum.
 """
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
 
-_OPTS = dict(cache=True, error_model="numpy", nogil=True)
+from .kernel_lang import blas_gemm, offset
+
+_inline = njit(inline="always", error_model="numpy", nogil=True)
 
 
-# ---- GEMM: BLAS through np.dot, batched by a loop; transposes are views (no copies) ----------
+# ---- GEMM: BLAS for floats, batched by a loop; transposes are BLAS flags (no copies) ---------
 
-@njit(**_OPTS)
+@_inline
 def gemm(a, b, out, batch, a_batch, b_batch, m, n, k, trans_a, trans_b):
     """out[i] = op(a[i % a_batch]) @ op(b[i % b_batch]) for i < batch; op transposes if asked.
     a is stored (k, m) when trans_a else (m, k); b is (n, k) when trans_b else (k, n)."""
     for i in range(batch):
-        ai = a[(i % a_batch) * m * k:(i % a_batch + 1) * m * k]
-        bi = b[(i % b_batch) * k * n:(i % b_batch + 1) * k * n]
-        oi = out[i * m * n:(i + 1) * m * n].reshape((m, n))
-        if trans_a and trans_b:
-            np.dot(ai.reshape((k, m)).T, bi.reshape((n, k)).T, oi)
-        elif trans_a:
-            np.dot(ai.reshape((k, m)).T, bi.reshape((k, n)), oi)
-        elif trans_b:
-            np.dot(ai.reshape((m, k)), bi.reshape((n, k)).T, oi)
-        else:
-            np.dot(ai.reshape((m, k)), bi.reshape((k, n)), oi)
+        blas_gemm(offset(a, (i % a_batch) * m * k), offset(b, (i % b_batch) * k * n),
+                  offset(out, i * m * n), m, n, k, trans_a, trans_b)
 
 
-@njit(**_OPTS)
+@_inline
 def gemm_loops(a, b, out, batch, a_batch, b_batch, m, n, k, trans_a, trans_b):
     """The same product with plain loops, for integer dtypes (BLAS has none)."""
     for i in range(batch):
@@ -48,14 +47,15 @@ def gemm_loops(a, b, out, batch, a_batch, b_batch, m, n, k, trans_a, trans_b):
                 out[i * m * n + r * n + c] = acc
 
 
-# ---- strided copies: transpose, slice, broadcast, pad, concatenate --------------------------
+# ---- copies: transpose, slice, broadcast, pad, concatenate ------------------------------------
 
-@njit(**_OPTS)
+@_inline
 def strided_copy(src, src_offset, src_strides, dst, dst_offset, dst_strides, sizes):
     """dst[dst_offset + sum(i_d * dst_strides[d])] = src[src_offset + sum(i_d * src_strides[d])]
     over the 6-D index space `sizes` (leading sizes 1 for lower ranks). Strides are in elements
     and may be 0 (broadcast) or negative (reversed slices)."""
     n0, n1, n2, n3, n4, n5 = sizes[0], sizes[1], sizes[2], sizes[3], sizes[4], sizes[5]
+    ss, ds = src_strides[5], dst_strides[5]
     for i0 in range(n0):
         s0 = src_offset + i0 * src_strides[0]
         d0 = dst_offset + i0 * dst_strides[0]
@@ -71,7 +71,6 @@ def strided_copy(src, src_offset, src_strides, dst, dst_offset, dst_strides, siz
                     for i4 in range(n4):
                         s4 = s3 + i4 * src_strides[4]
                         d4 = d3 + i4 * dst_strides[4]
-                        ss, ds = src_strides[5], dst_strides[5]
                         if ds == 1 and ss == 1:  # contiguous: a loop that vectorises
                             for i5 in range(n5):
                                 dst[d4 + i5] = src[s4 + i5]
@@ -84,15 +83,21 @@ def strided_copy(src, src_offset, src_strides, dst, dst_offset, dst_strides, siz
                                 dst[d4 + i5 * ds] = src[s4 + i5 * ss]
 
 
-@njit(**_OPTS)
-def fill(dst, value):
-    for i in range(dst.size):
+@_inline
+def fill(dst, value, n):
+    for i in range(n):
         dst[i] = value
+
+
+@_inline
+def copy(src, dst, n):
+    for i in range(n):
+        dst[i] = src[i]
 
 
 # ---- gather / scatter-add along an axis: x viewed as (A, N, B), indices flat (K) -------------
 
-@njit(**_OPTS)
+@_inline
 def gather(x, idx, out, A, N, B, K):
     for a in range(A):
         for t in range(K):
@@ -102,9 +107,9 @@ def gather(x, idx, out, A, N, B, K):
                 out[dst + b] = x[src + b]
 
 
-@njit(**_OPTS)
+@_inline
 def scatter_add(idx, upd, out, A, N, B, K):
-    for i in range(out.size):
+    for i in range(A * N * B):
         out[i] = 0
     for a in range(A):
         for t in range(K):
@@ -116,12 +121,13 @@ def scatter_add(idx, upd, out, A, N, B, K):
 
 # ---- reductions that are not fused loops: over the middle axis of (A, N, B) -----------------
 
-@njit(**_OPTS)
+@_inline
 def reduce_middle(x, out, A, N, B, is_max):
     """out[a, b] = sum or max over t of x[a, t, b]: t in order for each b (the interpreter's
     order), b innermost so the loops run over contiguous memory and vectorise."""
     for a in range(A):
-        ob, xb = a * B, a * N * B
+        ob = a * B
+        xb = a * N * B
         if N == 0:
             for b in range(B):
                 out[ob + b] = 0
@@ -140,7 +146,7 @@ def reduce_middle(x, out, A, N, B, is_max):
                     out[ob + b] += x[xb + t * B + b]
 
 
-@njit(**_OPTS)
+@_inline
 def argmax(x, out, A, N, B):
     """Index of the first maximum (NaN counts as the maximum, as NumPy) along N of (A, N, B)."""
     for a in range(A):
@@ -157,7 +163,7 @@ def argmax(x, out, A, N, B):
             out[a * B + b] = best
 
 
-@njit(**_OPTS)
+@_inline
 def iota(out, A, N, B):
     for a in range(A):
         for t in range(N):
@@ -167,7 +173,7 @@ def iota(out, A, N, B):
 
 # ---- windows: unfold (im2col) and fold (col2im), NCHW, PyTorch's (C, kh, kw) ordering --------
 
-@njit(**_OPTS)
+@_inline
 def _window_range(O, s, p, j, X):
     """The output positions o in [lo, hi) whose input index o*s - p + j lies in [0, X): the
     others read the zero padding. Loops over [lo, hi) have no branch, so they vectorise."""
@@ -176,7 +182,7 @@ def _window_range(O, s, p, j, X):
     return lo, max(lo, hi)
 
 
-@njit(**_OPTS)
+@_inline
 def unfold(x, out, N, C, H, W, kh, kw, sh, sw, ph, pw, OH, OW):
     L = OH * OW
     for n in range(N):
@@ -205,10 +211,10 @@ def unfold(x, out, N, C, H, W, kh, kw, sh, sw, ph, pw, OH, OW):
                             out[o + ow] = 0
 
 
-@njit(**_OPTS)
+@_inline
 def fold(cols, out, N, C, H, W, kh, kw, sh, sw, ph, pw, OH, OW):
     L = OH * OW
-    for k in range(out.size):
+    for k in range(N * C * H * W):
         out[k] = 0
     for n in range(N):
         for c in range(C):
@@ -230,20 +236,121 @@ def fold(cols, out, N, C, H, W, kh, kw, sh, sw, ph, pw, OH, OW):
 
 # ---- counter-based random numbers: the interpreter's splitmix64, bit for bit -----------------
 
-@njit(**_OPTS)
+@_inline
 def _mix64(z):
     z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     return z ^ (z >> np.uint64(31))
 
 
-@njit(**_OPTS)
-def random_uniform(seed, counter, out, single):
+@_inline
+def random_uniform(seed, counter, out, single, n):
     golden = np.uint64(0x9E3779B97F4A7C15)
     key = _mix64(np.uint64(seed[0]) * golden + np.uint64(counter[0]))
-    for i in range(out.size):
+    for i in range(n):
         bits = _mix64(key + np.uint64(i + 1) * golden)
         if single:
             out[i] = (bits >> np.uint64(40)) * (2.0 ** -24)
         else:
             out[i] = (bits >> np.uint64(11)) * (2.0 ** -53)
+
+
+# ---- checks the schedule runs between kernels -----------------------------------------------
+
+@_inline
+def check_finite(x, n):
+    """1 when any of x[0:n] is inf or NaN, else 0 (the loss guard: nothing is written yet)."""
+    bad = 0
+    for i in range(n):
+        v = x[i]
+        if v - v != 0:  # inf - inf and NaN - NaN are NaN: one compare catches both
+            bad = 1
+    return bad
+
+
+# ---- instances: the kernel module of one function for the operands' dtypes --------------------
+
+_SHORT = {"float32": "f32", "float64": "f64", "int32": "i32", "int64": "i64", "bool": "b1"}
+
+# per library function: its parameters as ("array" | "ints" | "int" | "flag" | "real" | "count")
+# in the order of its LibCall arguments (cpu_movement), then how the wrapper calls it
+SIGNATURES = {
+    "gemm": ("array array array int int int int int int flag flag", "gemm"),
+    "gemm_loops": ("array array array int int int int int int flag flag", "gemm_loops"),
+    "strided_copy": ("array int ints array int ints ints", "strided_copy"),
+    "fill": ("array real count", "fill"),
+    "copy": ("array array count", "copy"),
+    "gather": ("array array array int int int int", "gather"),
+    "scatter_add": ("array array array int int int int", "scatter_add"),
+    "reduce_middle": ("array array int int int flag", "reduce_middle"),
+    "argmax": ("array array int int int", "argmax"),
+    "iota": ("array int int int", "iota"),
+    "unfold": ("array array" + " int" * 12, "unfold"),
+    "fold": ("array array" + " int" * 12, "fold"),
+    "random_uniform": ("array array array flag count", "random_uniform"),
+    "check_finite": ("array count", "check_finite"),
+}
+_PARAM_TYPE = {"int": "i64", "ints": "i64*", "flag": "b1", "count": "i64", "real": "f64*"}
+
+LIBRARY_HEADER = '''"""fusegrad library kernel {name}. Generated; do not edit."""
+from fusegrad.compiler.codegen.cpu_library import {fn}
+from fusegrad.compiler.codegen.kernel_lang import kernel
+
+
+'''
+
+
+def library_kernel(fn: str, dtypes) -> tuple[str, str]:
+    """(name, kernel module text) of library function `fn` for operands of `dtypes` (one per
+    array argument, in order)."""
+    kinds, target = SIGNATURES[fn]
+    kinds = kinds.split()
+    arrays = iter(dtypes)
+    types, params = [], []
+    for k, kind in enumerate(kinds):
+        types.append(_SHORT[next(arrays)] + "*" if kind == "array" else _PARAM_TYPE[kind])
+        params.append(f"x{k}")
+    name = "_".join([fn] + [_SHORT[d] for d in dtypes])
+    # a real (fill value) arrives as a pointer into the program's float table
+    call = ", ".join(f"{p}[0]" if kind == "real" else p for p, kind in zip(params, kinds))
+    returns = fn == "check_finite"
+    body = (f"    return {target}({call})\n" if returns else
+            f"    {target}({call})\n    return 0\n")
+    text = (LIBRARY_HEADER.format(name=name, fn=target)
+            + f'@kernel("{" ".join(types)}", noalias=True)\n'
+            + f"def {name}({', '.join(params)}):\n" + body)
+    return name, text
+
+
+# ---- the dispatcher: runs a program's schedule (runtime/executable.py lays out its block) ----
+
+DISPATCHER_NAME = "run_schedule"
+DISPATCHER = '''"""fusegrad's dispatcher: runs any program's kernels in order from its table. Generated
+once per machine; every program shares it."""
+from fusegrad.compiler.codegen.kernel_lang import address, call_kernel, kernel
+
+
+@kernel("i64*")
+def run_schedule(block):
+    """block: n, nargs, nbases, start, stop | fn[n] | first argument[n] | base[nargs] |
+    offset[nargs] | bases[nbases] | args[nargs]. Computes every argument (bases[base[j]] +
+    offset[j]), then calls fn[k](args + first argument[k]) for k in [start, stop). Returns 0, or
+    256 * k + status when kernel k returns a non-zero status (nothing after it runs)."""
+    n = block[0]
+    nargs = block[1]
+    nbases = block[2]
+    fn = 5
+    first = fn + n
+    base = first + n
+    off = base + nargs
+    bases = off + nargs
+    args = bases + nbases
+    for j in range(nargs):
+        block[args + j] = block[bases + block[base + j]] + block[off + j]
+    argv = address(block) + 8 * args
+    for k in range(block[3], block[4]):
+        status = call_kernel(block[fn + k], argv + 8 * block[first + k])
+        if status != 0:
+            return 256 * k + (status & 255)
+    return 0
+'''

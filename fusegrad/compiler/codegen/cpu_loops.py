@@ -1,13 +1,15 @@
-"""Source of one loop kernel (elementwise, row, column, row+column) as a Numba function.
+"""Source of one loop kernel (elementwise, row, column, row+column) in the kernel language.
 
+    @kernel("i64 i64 f32* f32* f32* f32*", fastmath=("contract",), noalias=True)
     def row_6c70d0386e(R, C, a0, a1, o0, o1):      # every array flat; sizes are arguments
-        s3 = np.float32(0.03125)                    # SCALAR values: once per call
+        s3 = np.float32(kf[0])                      # SCALAR values: once per call
         for i in range(R):
             base = i * C
             acc = ...                               # one loop over j per row reduction
             for j in range(C): ...
             for j in range(C):                      # then the elementwise consumers
                 o0[base + j] = ...
+        return 0                                    # the status: done (kernel_lang.py)
 
 Column reductions accumulate per-chunk partial rows (a fixed number of chunks, combined in a
 fixed order, so the result does not depend on threads) and are finished in a combine loop over
@@ -28,6 +30,12 @@ from .common import Scope as _Scope, downstream as _downstream, np_type as _np
 from .cpu_expr import CPU_EXPR, literal
 
 CHUNKS = 8  # column-reduction chunks: fixed, so sums never depend on the thread count
+_SHORT = {"float32": "f32", "float64": "f64", "int32": "i32", "int64": "i64", "bool": "b1"}
+
+
+def _ptr(v) -> str:
+    """The kernel-language type of a pointer to v's elements."""
+    return _SHORT[v.type.dtype] + "*"
 
 
 class _Pass:
@@ -94,7 +102,7 @@ class LoopKernel:
         parts = [(nch * C if size == "nch * C" else nch, None) for size in self.partials]
         if self.row_slots:
             n = len(self.row_slots) * C
-            if all(v.type.dtype == "float32" for v in self.row_slots):
+            if self._row_cache_dtype() == "f32":
                 parts.append(((n + 1) // 2, "float32"))
             else:
                 parts.append((n, None))
@@ -224,7 +232,7 @@ class LoopKernel:
             return f"{acc} += {x}"
         return f"{acc} = {x} if ({x} > {acc} or {x} != {x}) else {acc}"
 
-    def source(self, fname: str) -> str:
+    def source(self, fname: str, noalias: bool = True) -> str:
         ins = [self.arg[v] for v in self.region.inputs]
         outs = [f"o{k}" for k in range(len(self.region.outputs)) if k not in self.inplace]
         self.fconsts, self.iconsts = [], []
@@ -299,14 +307,23 @@ class LoopKernel:
         params = (["R", "C", *ins, *outs] + list(part.values())
                   + (["rc"] if self.row_slots else [])
                   + (["kf"] if self.fconsts else []) + (["ki"] if self.iconsts else []))
-        lines = [f"def {fname}({', '.join(params)}):"]
+        types = (["i64", "i64"] + [_ptr(v) for v in self.region.inputs]
+                 + [_ptr(self.region.outputs[k]) for k in range(len(self.region.outputs))
+                    if k not in self.inplace]
+                 + ["f64*"] * len(part)
+                 + ([f"{self._row_cache_dtype()}*"] if self.row_slots else [])
+                 + (["f64*"] if self.fconsts else []) + (["i64*"] if self.iconsts else []))
+        lines = [f'@kernel("{" ".join(types)}", fastmath=("contract",), noalias={noalias})',
+                 f"def {fname}({', '.join(params)}):"]
         if self.inplace:
             lines.append("    # in place: " + ", ".join(f"o{k} is stored into a{m}"
                                                   for k, m in sorted(self.inplace.items())))
         lines += ["    " + ln for ln in body]
-        if len(lines) == 1:
-            lines.append("    pass")
+        lines.append("    return 0")
         return "\n".join(lines)
+
+    def _row_cache_dtype(self) -> str:
+        return "f32" if all(v.type.dtype == "float32" for v in self.row_slots) else "f64"
 
     def _sum_chunks(self, r, first, slot, scope):
         """Lines combining reduction r's per-chunk partials in chunk order (`first` is chunk

@@ -1,14 +1,60 @@
-"""Driver lines for the opaque kernels: one emitter per primitive, calling cpu_library.
+"""Library calls for the opaque kernels (data movement, gathers, reductions over a middle axis,
+windows, random numbers): one emitter per primitive, shared by the CPU and CUDA backends.
 
-An emitter is `fn(node, ins, out, dims) -> [source lines]`: `ins`/`out` are the driver's names
-of the flat operand arrays, `dims(*ints)` stores sizes in the driver's dims table and returns
-the expression that reads them (so the driver's text does not depend on the shapes).
+An emitter is `fn(node, ins, out) -> [LibCall]`: `ins`/`out` are the backend's handles of the
+flat operand arrays (opaque here), and each LibCall names a library function and its arguments,
+typed by what they are, so each backend passes them its own way: the CPU as entries of its
+schedule table (sizes in the program's integer table), CUDA as lines of its Python driver.
+
+    Array(handle)   an operand array            Ints(values)  a small table of sizes
+    Int(value)      one size                    Flag(value)   a bool
+    Real(value)     a float (a fill value)      Count(n)      an element count the CPU library
+                                                              needs (CUDA reads it off its arrays)
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from math import prod
 
-from .cpu_expr import literal
+
+@dataclass(frozen=True)
+class Array:
+    handle: object
+
+
+@dataclass(frozen=True)
+class Ints:
+    values: tuple
+
+
+@dataclass(frozen=True)
+class Int:
+    value: int
+
+
+@dataclass(frozen=True)
+class Flag:
+    value: bool
+
+
+@dataclass(frozen=True)
+class Real:
+    value: float
+
+
+@dataclass(frozen=True)
+class Count:
+    value: int
+
+
+@dataclass(frozen=True)
+class LibCall:
+    fn: str
+    args: tuple
+
+    def arrays(self) -> list:
+        return [a.handle for a in self.args if isinstance(a, Array)]
+
 
 RANK = 6  # strided_copy's fixed rank
 
@@ -44,112 +90,116 @@ def merge_dims(src_strides, dst_strides, sizes):
     return tuple(zip(*merged))
 
 
-def _copy(dims, src, src_offset, src_strides, dst, dst_offset, dst_strides, sizes):
+def _copy(src, src_offset, src_strides, dst, dst_offset, dst_strides, sizes):
     src_strides, dst_strides, sizes = merge_dims(src_strides, dst_strides, sizes)
-    return [f"strided_copy({src}, {dims(src_offset)}, {dims(*_pad6(src_strides, 0))}, {dst}, "
-            f"{dims(dst_offset)}, {dims(*_pad6(dst_strides, 0))}, {dims(*_pad6(sizes, 1))})"]
+    return [LibCall("strided_copy", (Array(src), Int(src_offset), Ints(_pad6(src_strides, 0)),
+                                     Array(dst), Int(dst_offset), Ints(_pad6(dst_strides, 0)),
+                                     Ints(_pad6(sizes, 1))))]
 
 
-def _transpose(node, ins, out, dims):
+def _transpose(node, ins, out):
     x = node.inputs[0]
     perm = node.attrs["perm"]
     xs = contiguous_strides(x.shape)
-    return _copy(dims, ins[0], 0, [xs[p] for p in perm], out, 0,
+    return _copy(ins[0], 0, [xs[p] for p in perm], out, 0,
                  contiguous_strides(node.out.shape), node.out.shape)
 
 
-def _broadcast_to(node, ins, out, dims):
+def _broadcast_to(node, ins, out):
     shape = node.out.shape
     x = (1,) * (len(shape) - len(node.inputs[0].shape)) + tuple(node.inputs[0].shape)
     xs = contiguous_strides(x)
     src = [0 if d == 1 and o != 1 else s for d, o, s in zip(x, shape, xs)]
-    return _copy(dims, ins[0], 0, src, out, 0, contiguous_strides(shape), shape)
+    return _copy(ins[0], 0, src, out, 0, contiguous_strides(shape), shape)
 
 
-def _slice(node, ins, out, dims):
+def _slice(node, ins, out):
     a = node.attrs
     xs = contiguous_strides(node.inputs[0].shape)
     offset = sum(st * s for st, s in zip(a["starts"], xs))
-    return _copy(dims, ins[0], offset, [s * sp for s, sp in zip(xs, a["steps"])], out, 0,
+    return _copy(ins[0], offset, [s * sp for s, sp in zip(xs, a["steps"])], out, 0,
                  contiguous_strides(node.out.shape), node.out.shape)
 
 
-def _pad(node, ins, out, dims):
+def _pad(node, ins, out):
     pads = node.attrs["pads"]
     os_ = contiguous_strides(node.out.shape)
     offset = sum(lo * s for (lo, _), s in zip(pads, os_))
-    return [f"fill({out}, {literal(node.attrs['value'], 'float64')})"] + _copy(
-        dims, ins[0], 0, contiguous_strides(node.inputs[0].shape), out, offset, os_,
-        node.inputs[0].shape)
+    fill = LibCall("fill", (Array(out), Real(float(node.attrs["value"])),
+                            Count(node.out.type.size)))
+    return [fill] + _copy(ins[0], 0, contiguous_strides(node.inputs[0].shape), out, offset,
+                          os_, node.inputs[0].shape)
 
 
-def _concatenate(node, ins, out, dims):
+def _concatenate(node, ins, out):
     axis = node.attrs["axis"]
     os_ = contiguous_strides(node.out.shape)
-    lines, at = [], 0
-    for v, name in zip(node.inputs, ins):
-        lines += _copy(dims, name, 0, contiguous_strides(v.shape), out, at * os_[axis], os_,
+    calls, at = [], 0
+    for v, handle in zip(node.inputs, ins):
+        calls += _copy(handle, 0, contiguous_strides(v.shape), out, at * os_[axis], os_,
                        v.shape)
         at += v.shape[axis]
-    return lines
+    return calls
 
 
 def _split(shape, axis, width=1):
     return prod(shape[:axis]), prod(shape[axis:axis + width]), prod(shape[axis + width:])
 
 
-def _gather(node, ins, out, dims):
+def _gather(node, ins, out):
     x, idx = node.inputs
     A, N, B = _split(x.shape, node.attrs["axis"])
-    return [f"gather({ins[0]}, {ins[1]}, {out}, {dims(A)}, {dims(N)}, {dims(B)}, "
-            f"{dims(idx.type.size)})"]
+    return [LibCall("gather", (Array(ins[0]), Array(ins[1]), Array(out), Int(A), Int(N), Int(B),
+                               Int(idx.type.size)))]
 
 
-def _scatter_add(node, ins, out, dims):
+def _scatter_add(node, ins, out):
     idx, upd = node.inputs
     axis = node.attrs["axis"]
     A = prod(upd.shape[:axis])
     B = prod(upd.shape[axis + len(idx.shape):])
-    return [f"scatter_add({ins[0]}, {ins[1]}, {out}, {dims(A)}, {dims(node.attrs['dim_size'])}, "
-            f"{dims(B)}, {dims(idx.type.size)})"]
+    return [LibCall("scatter_add", (Array(ins[0]), Array(ins[1]), Array(out), Int(A),
+                                    Int(node.attrs["dim_size"]), Int(B), Int(idx.type.size)))]
 
 
-def _reduce(node, ins, out, dims):
+def _reduce(node, ins, out):
     axes = node.attrs["axes"]  # one contiguous run (prepare_for_fusion made sure)
     A, N, B = _split(node.inputs[0].shape, axes[0], len(axes))
-    return [f"reduce_middle({ins[0]}, {out}, {dims(A)}, {dims(N)}, {dims(B)}, "
-            f"{node.op == 'max'})"]
+    return [LibCall("reduce_middle", (Array(ins[0]), Array(out), Int(A), Int(N), Int(B),
+                                      Flag(node.op == "max")))]
 
 
-def _argmax(node, ins, out, dims):
+def _argmax(node, ins, out):
     A, N, B = _split(node.inputs[0].shape, node.attrs["axis"])
-    return [f"argmax({ins[0]}, {out}, {dims(A)}, {dims(N)}, {dims(B)})"]
+    return [LibCall("argmax", (Array(ins[0]), Array(out), Int(A), Int(N), Int(B)))]
 
 
-def _iota(node, ins, out, dims):
+def _iota(node, ins, out):
     A, N, B = _split(node.out.shape, node.attrs["axis"])
-    return [f"iota({out}, {dims(A)}, {dims(N)}, {dims(B)})"]
+    return [LibCall("iota", (Array(out), Int(A), Int(N), Int(B)))]
 
 
 def _window(fn):
-    def emit(node, ins, out, dims):
+    def emit(node, ins, out):
         a = node.attrs
         image = node.inputs[0] if fn == "unfold" else node.out
         n, c, h, w = image.shape
         (kh, kw), (sh, sw), (ph, pw) = a["kernel"], a["stride"], a["padding"]
         oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
-        sizes = ", ".join(dims(v) for v in (n, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow))
-        return [f"{fn}({ins[0]}, {out}, {sizes})"]
+        sizes = tuple(Int(v) for v in (n, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow))
+        return [LibCall(fn, (Array(ins[0]), Array(out), *sizes))]
 
     return emit
 
 
-def _random_uniform(node, ins, out, dims):
-    return [f"random_uniform({ins[0]}, {ins[1]}, {out}, {node.out.type.dtype == 'float32'})"]
+def _random_uniform(node, ins, out):
+    return [LibCall("random_uniform", (Array(ins[0]), Array(ins[1]), Array(out),
+                                       Flag(node.out.type.dtype == "float32"),
+                                       Count(node.out.type.size)))]
 
 
-def _copy_through(node, ins, out, dims):  # stop_gradient / a lone elementwise identity
-    return [f"{out}[:] = {ins[0]}"]
+def _copy_through(node, ins, out):  # stop_gradient / reshape as a kernel of its own
+    return [LibCall("copy", (Array(ins[0]), Array(out), Count(node.out.type.size)))]
 
 
 MOVEMENT = {

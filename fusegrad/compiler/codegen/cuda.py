@@ -23,7 +23,8 @@ from ...ir import Attrs, Graph, Node
 from ...ir.printer import short_loc, var_names
 from ..passes.prepare import batch_suffix
 from .common import LOOP_KINDS, Table, structural_names
-from .cpu_movement import MOVEMENT as CPU_MOVEMENT
+from .cpu_expr import literal
+from .cpu_movement import MOVEMENT, Array, Count, Flag, Int, Ints, Real
 from .cuda_config import LaunchConfig, blocks_for
 from .cuda_loops import CudaLoop, multi_source
 
@@ -32,12 +33,23 @@ from .cuda_loops import CudaLoop, multi_source
 PARAM_BYTES = 3800
 
 
-def _copy_through(node, ins, out, dims):  # a lone reshape / stop_gradient kernel
-    return [f"copy({ins[0]}, {out})"]
+def render_call(call, dims) -> str:
+    """A library call (cpu_movement.LibCall) as a line of the driver: cuda_library has every
+    function the emitters call, taking element counts from its device arrays."""
+    def arg(a):
+        if isinstance(a, Array):
+            return a.handle
+        if isinstance(a, Int):
+            return dims(a.value)
+        if isinstance(a, Ints):
+            return dims(*a.values)
+        if isinstance(a, Flag):
+            return str(bool(a.value))
+        if isinstance(a, Real):
+            return literal(a.value, "float64")
+        raise TypeError(f"no CUDA form for {a!r}")
 
-
-# the CPU's emitters write calls of cpu_library functions; cuda_library has each of them
-MOVEMENT = dict(CPU_MOVEMENT, reshape=_copy_through, stop_gradient=_copy_through)
+    return f"{call.fn}({', '.join(arg(a) for a in call.args if not isinstance(a, Count))})"
 
 
 @dataclass
@@ -174,10 +186,11 @@ class _Driver:
             emitter = MOVEMENT.get(prim.op)
             if emitter is None:
                 raise NotImplementedError(f"no CUDA emitter for a lone {prim.op} kernel")
-            lines = emitter(prim, prim_ins, outs[0], self.dims)
+            calls = emitter(prim, prim_ins, outs[0])
+            lines = [render_call(c, self.dims) for c in calls]
             self.lines += [lines[0] + comment] + lines[1:]
             self.calls.append((len(self.lines) - 1, comment))
-            self.library.update(ln.split("(")[0] for ln in lines)
+            self.library.update(c.fn for c in calls)
 
     def _comment(self, node, outputs):
         """`  # %3, %4 = row (model.py:12)`: what a launch computes, and where it came from."""

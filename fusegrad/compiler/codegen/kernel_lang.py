@@ -1,0 +1,207 @@
+"""The kernel language's own names: what generated kernel modules import besides NumPy and math.
+
+    @kernel("i64 i64 f32* f32*", fastmath=("contract",), noalias=True)
+    def elementwise_1a2b(R, C, a0, o0):
+        ...
+        return 0
+
+A kernel's parameters are integers and typed pointers (the signature string, short type names:
+i64, f32*, b1* ...); it returns an int64 status (0: done; non-zero: an error the runtime
+reports, e.g. an index out of range). Every kernel is entered with one uniform C signature,
+`int64 entry(int64 *args)`: args[k] holds parameter k (a pointer as its address), so one
+generic dispatcher (runtime/native.py) calls any kernel from a table.
+
+fusegrad compiles this text with its own LLVM front end (compiler/native): fast, and the reason
+a model's kernels compile in seconds. The same text is valid Numba: `kernel` below compiles it
+with Numba into a cfunc of the same entry signature (`FUSEGRAD_KERNEL_COMPILER=numba`), the
+reference the native compiler is tested against.
+
+noalias=True promises that distinct pointer parameters never address overlapping memory that
+the kernel writes (the memory plan guarantees it for generated kernels; an output computed in
+place is stored through its input's own parameter). LLVM then vectorises without run-time
+overlap checks.
+"""
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import carray, cfunc, njit, types
+from numba.extending import intrinsic
+
+# ---- pointer casts: an address (int64) -> a typed pointer ---------------------------------------
+
+_POINTEE = {"f32": types.float32, "f64": types.float64, "i32": types.int32, "i64": types.int64,
+            "u64": types.uint64, "b1": types.uint8, "i8": types.int8}
+
+
+def _make_ptr(short):
+    nb = _POINTEE[short]
+
+    @intrinsic
+    def ptr(typingctx, addr):
+        if not isinstance(addr, types.Integer):
+            return None
+
+        def codegen(context, builder, sig, args):
+            return builder.inttoptr(args[0], context.get_value_type(types.CPointer(nb)))
+
+        return types.CPointer(nb)(addr), codegen
+
+    ptr.__name__ = f"ptr_{short}"
+    return ptr
+
+
+ptr_f32, ptr_f64, ptr_i32, ptr_i64, ptr_u64, ptr_b1, ptr_i8 = (
+    _make_ptr(s) for s in ("f32", "f64", "i32", "i64", "u64", "b1", "i8"))
+POINTER_CASTS = {"f32": ptr_f32, "f64": ptr_f64, "i32": ptr_i32, "i64": ptr_i64,
+                 "u64": ptr_u64, "b1": ptr_b1, "i8": ptr_i8}
+
+
+@intrinsic
+def address(typingctx, p):
+    """The address of a pointer, as an int64."""
+    if not isinstance(p, types.CPointer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.ptrtoint(args[0], ir.IntType(64))
+
+    return types.int64(p), codegen
+
+
+@intrinsic
+def call_kernel(typingctx, fn, args):
+    """Call the kernel entry at address `fn` with the argument block at address `args`."""
+    if not (isinstance(fn, types.Integer) and isinstance(args, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, a):
+        i64 = ir.IntType(64)
+        fnty = ir.FunctionType(i64, [i64.as_pointer()])
+        target = builder.inttoptr(a[0], fnty.as_pointer())
+        return builder.call(target, [builder.inttoptr(a[1], i64.as_pointer())])
+
+    return types.int64(fn, args), codegen
+
+
+# ---- GEMM: c = op(a) @ op(b) for row-major contiguous matrices; pointer arithmetic ------------
+
+def _gemm_reference(a, b, c, m, n, k, ta, tb):
+    """The Numba version: NumPy's dot on views (BLAS through SciPy, as Numba's np.dot)."""
+    if m == 0 or n == 0:
+        return
+    out = carray(c, (m, n))
+    if k == 0:
+        out[:] = 0
+        return
+    x = carray(a, (k, m)).T if ta else carray(a, (m, k))
+    y = carray(b, (n, k)).T if tb else carray(b, (k, n))
+    np.dot(x, y, out)
+
+
+blas_gemm = njit(_gemm_reference)
+
+
+@intrinsic
+def offset(typingctx, p, k):
+    """The pointer k elements past p."""
+    if not (isinstance(p, types.CPointer) and isinstance(k, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.gep(args[0], [args[1]], inbounds=True)
+
+    return p(p, k), codegen
+
+
+# ---- kernel: the Numba compilation of a kernel (the reference compiler) ------------------------
+
+def _numba_type(short):
+    short = short.strip()
+    if short.endswith("*"):
+        return types.CPointer(_POINTEE[short[:-1]])
+    return {"i64": types.int64, "i32": types.int32, "f64": types.float64,
+            "f32": types.float32, "u64": types.uint64, "b1": types.boolean}[short]
+
+
+def kernel(signature: str, fastmath=(), noalias=False):
+    """Compile the decorated function with Numba and wrap it in the uniform entry
+    `int64 entry(int64 *args)`; the result has `.address` (the entry) like a cfunc.
+    (The native compiler reads this decorator from the source text instead.)"""
+    params = [_numba_type(s) for s in signature.split()]
+
+    def wrap(fn):
+        body = njit(types.int64(*params), fastmath=set(fastmath), error_model="numpy",
+                    nogil=True)(fn)
+        unpack = []
+        for k, p in enumerate(params):
+            if isinstance(p, types.CPointer):
+                short = next(s for s, t in _POINTEE.items() if t == p.dtype)
+                unpack.append(f"ptr_{short}(args[{k}])")
+            else:
+                unpack.append(f"args[{k}]")
+        source = (f"def entry(args):\n"
+                  f"    return body({', '.join(unpack)})\n")
+        scope = {"body": body, **{f"ptr_{s}": f for s, f in POINTER_CASTS.items()}}
+        exec(source, scope)  # noqa: S102 - generated from the signature above, nothing else
+        entry = cfunc(types.int64(types.CPointer(types.int64)), nogil=True)(scope["entry"])
+        entry.body = body
+        return entry
+
+    return wrap
+
+
+# ---- the native compiler's rows for these names (compiler/native/builtins.py) -------------------
+
+def native_rows() -> dict:
+    from ..native import types as T
+    from ..native.lower import V
+
+    rows = {}
+
+    def cast_row(short):
+        def emit(fl, args, node):
+            (addr,) = args
+            t = T.parse_type(short + "*")
+            x = fl.b.inttoptr(addr.ir, t.llvm())
+            return V(x, t)
+        return emit
+
+    for short, fn in POINTER_CASTS.items():
+        rows[fn] = cast_row(short)
+
+    def address_row(fl, args, node):
+        (p,) = args
+        return V(fl.b.ptrtoint(p.ir, ir.IntType(64)), T.INT64)
+
+    def call_row(fl, args, node):
+        fn, block = args
+        i64 = ir.IntType(64)
+        fnty = ir.FunctionType(i64, [i64.as_pointer()])
+        target = fl.b.inttoptr(fn.ir, fnty.as_pointer())
+        return V(fl.b.call(target, [fl.b.inttoptr(block.ir, i64.as_pointer())]), T.INT64)
+
+    def gemm_row(fl, args, node):
+        if len(args) != 8:
+            raise fl.error(node, "blas_gemm(a, b, c, m, n, k, trans_a, trans_b)")
+        a, b, c, m, n, k, ta, tb = args
+        elem = a.t.elem if isinstance(a.t, T.Pointer) else None
+        if elem not in (T.FLOAT32, T.FLOAT64) or b.t != a.t or c.t != a.t:
+            raise fl.error(node, f"blas_gemm needs float32 or float64 pointers of one type, "
+                                 f"got {a.t}, {b.t}, {c.t}")
+        fl.env.gemm_call(fl, elem, a, b, c, m, n, k, ta, tb)
+        return V(None, T.VOID)
+
+    def offset_row(fl, args, node):
+        p, k = args
+        if not isinstance(p.t, T.Pointer):
+            raise fl.error(node, f"offset() needs a pointer, got {p.t}")
+        index = fl.integer(k, node)
+        from ..native.lower import convert
+        return V(fl.b.gep(p.ir, [convert(fl.b, index, T.INT64).ir], inbounds=True), p.t)
+
+    rows[address] = address_row
+    rows[call_kernel] = call_row
+    rows[blas_gemm] = gemm_row
+    rows[offset] = offset_row
+    return rows
