@@ -52,6 +52,19 @@ def exact_math() -> bool:
     return os.environ.get("FUSEGRAD_EXACT_MATH", "") not in ("", "0")
 
 
+KERNEL_COMPILERS = ("native", "numba")
+
+
+def kernel_compiler() -> str:
+    """FUSEGRAD_KERNEL_COMPILER: "native" (the default, compiler/native) or "numba" (the
+    reference: the same kernel text compiled by Numba, uncached)."""
+    choice = os.environ.get("FUSEGRAD_KERNEL_COMPILER", "native")
+    if choice not in KERNEL_COMPILERS:
+        raise ValueError(f"FUSEGRAD_KERNEL_COMPILER must be one of {KERNEL_COMPILERS}, got "
+                         f"{choice!r}")
+    return choice
+
+
 @lru_cache(maxsize=None)
 def compiler_version() -> str:
     """A hash of the compiler's own source: a cached program made by other code is not used."""
@@ -139,6 +152,9 @@ class Runner:
             spec.name = name
         self.compiled = program
         kernels = [*program.kernels, Kernel(DISPATCHER_NAME, DISPATCHER)]
+        if kernel_compiler() == "numba":
+            self._build_with_numba(program, kernels)
+            return
         t0 = time.perf_counter()
         objects = build_objects(kernels, cache)
         self.phases["kernels"] = time.perf_counter() - t0
@@ -152,6 +168,19 @@ class Runner:
                      "(%.2f s)", self.graph.name, self.cache["program"], len(built),
                      ", ".join(sorted({o.why for o in built})) or "-",
                      len(objects) - len(built), sum(self.phases.values()))
+
+    def _build_with_numba(self, program, kernels):
+        """Every kernel compiled by Numba from the same text (the reference compiler)."""
+        from .compiler.native.reference import numba_entry
+        from .runtime.cpu import CpuBuild
+
+        t0 = time.perf_counter()
+        compiled = [numba_entry(k.name, k.text) for k in kernels]
+        self.phases["kernels"] = time.perf_counter() - t0
+        self.cache["kernels"] = {"compiled": len(kernels), "loaded": 0,
+                                 "compile_seconds": self.phases["kernels"]}
+        self.build = CpuBuild.from_addresses(program, [a for a, _ in compiled],
+                                             [m for _, m in compiled])
 
     # ---- running ----
     def run(self, inputs, want=None):

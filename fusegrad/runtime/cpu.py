@@ -4,7 +4,8 @@
     status = build.run(inputs)              # one call into native code
 
 Loading is cheap (object code from the disk cache, linked into this process's JIT); compiling
-what was not on disk happened before, in build_objects.
+what was not on disk happened before, in build_objects. `CpuBuild.from_addresses` takes entry
+addresses compiled elsewhere (the Numba reference compiler).
 """
 from __future__ import annotations
 
@@ -18,7 +19,17 @@ class CpuBuild:
     def __init__(self, program, objects):
         t0 = time.perf_counter()
         addresses = [load_object(o.key, o.obj, o.symbols, o.entries)[o.entry] for o in objects]
-        self.load_seconds = time.perf_counter() - t0
+        self._setup(program, addresses, time.perf_counter() - t0)
+
+    @classmethod
+    def from_addresses(cls, program, addresses, keep_alive=()):
+        build = cls.__new__(cls)
+        build._keep_alive = list(keep_alive)
+        build._setup(program, addresses, 0.0)
+        return build
+
+    def _setup(self, program, addresses, load_seconds):
+        self.load_seconds = load_seconds
         self.program = program
         self.executable = Executable(program, addresses[:-1], addresses[-1])
         self.first_run_seconds = None

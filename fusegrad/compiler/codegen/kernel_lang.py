@@ -5,6 +5,10 @@
         ...
         return 0
 
+    @helper                       # a function kernels of the same text may call
+    def halves(lo, hi):
+        return lo // 2, hi // 2
+
 A kernel's parameters are integers and typed pointers (the signature string, short type names:
 i64, f32*, b1* ...); it returns an int64 status (0: done; non-zero: an error the runtime
 reports, e.g. an index out of range). Every kernel is entered with one uniform C signature,
@@ -112,6 +116,11 @@ def offset(typingctx, p, k):
         return builder.gep(args[0], [args[1]], inbounds=True)
 
     return p(p, k), codegen
+
+
+# ---- helpers defined in kernel text: @helper (a Numba function inlined where it is called) -----
+
+helper = njit(inline="always", error_model="numpy", nogil=True)
 
 
 # ---- kernel: the Numba compilation of a kernel (the reference compiler) ------------------------

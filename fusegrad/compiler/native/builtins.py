@@ -112,7 +112,7 @@ def _abs(fl, args, node):
 
 @builtin(np.sign)
 def _sign(fl, args, node):
-    """-1, 0 or 1 (floats: NaN stays NaN, and -0.0 gives 0.0, as Numba's np.sign)."""
+    """-1, 0 or 1 (floats: NaN and zeros are returned as they are, as Numba's np.sign)."""
     _arity(args, 1, node, fl, "np.sign")
     x = args[0]
     t = x.t if x.t.is_float else T.arith(x.t, x.t)
@@ -122,8 +122,7 @@ def _sign(fl, args, node):
     if t.is_float:
         pos = b.fcmp_ordered(">", x.ir, zero.ir)
         neg = b.fcmp_ordered("<", x.ir, zero.ir)
-        eq = b.fcmp_ordered("==", x.ir, zero.ir)
-        rest = b.select(eq, zero.ir, x.ir)
+        rest = x.ir
     else:
         pos = b.icmp_signed(">", x.ir, zero.ir)
         neg = b.icmp_signed("<", x.ir, zero.ir)

@@ -114,8 +114,11 @@ class ModuleCompiler:
                     mod if alias.asname else importlib.import_module(alias.name.split(".")[0]))
 
     def _kernel_spec(self, fn, namespace):
-        """(param types, flags, noalias) from `@kernel("sig", ...)`, or None for a helper."""
-        if not fn.decorator_list:
+        """(param types, flags, noalias) from `@kernel("sig", ...)`, or None for a helper
+        (`@helper`, or no decorator)."""
+        if not fn.decorator_list or (len(fn.decorator_list) == 1 and isinstance(
+                fn.decorator_list[0], ast.Name) and fn.decorator_list[0].id == "helper"):
+            fn.decorator_list = []
             return None
         if len(fn.decorator_list) != 1:
             raise KernelLangError(f"{fn.name}: one @kernel(...) decorator expected")
