@@ -8,12 +8,13 @@ from .api import grad, jit, value_and_grad
 from .device import device_put, to_numpy
 from .gradcheck import GradientCheckError, check_grads
 from . import optim
-from .train import NonFiniteLossError, TrainStep, train_step
+from .backend import IndexOutOfRangeError
+from .train import CheckpointError, NonFiniteLossError, TrainStep, train_step
 from .runtime.loop import fit
 from .ops import *  # noqa: F401,F403  the NumPy-like op namespace
 from .ops import __all__ as _ops_all
 
 __version__ = "0.1.0"
 __all__ = ["jit", "grad", "value_and_grad", "check_grads", "GradientCheckError", "optim",
-           "train_step", "TrainStep", "NonFiniteLossError", "fit", "device_put", "to_numpy",
-           *_ops_all]
+           "train_step", "TrainStep", "NonFiniteLossError", "CheckpointError",
+           "IndexOutOfRangeError", "fit", "device_put", "to_numpy", *_ops_all]

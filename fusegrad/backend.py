@@ -28,6 +28,7 @@ from .compiler.artifact import STATUS_INDEX, STATUS_NONFINITE, CompiledProgram
 from .compiler.pipeline import Program, compile_graph
 from .ir import interpret
 from .ir.fingerprint import fingerprint
+from .ir.interpret import IndexOutOfRangeError
 
 TARGETS = ("cpu", "interpret", "cuda")
 log = logging.getLogger("fusegrad")
@@ -75,11 +76,6 @@ def compiler_version() -> str:
     for path in sorted([*root.glob("compiler/**/*.py"), *root.glob("ir/*.py")]):
         h.update(path.read_bytes())
     return h.hexdigest()[:16]
-
-
-class IndexOutOfRangeError(IndexError):
-    """An index (a gather, an embedding id, a class label) outside its axis, found by the
-    compiled code; nothing after the failing kernel ran, so no parameter was written."""
 
 
 class Runner:

@@ -216,6 +216,8 @@ def cross_entropy(logits, labels):
         raise argument_error(TypeError, f"cross_entropy: labels must be integer class indices "
                                         f"or float probabilities, got {ldt}")
     logp = log_softmax(logits, -1)
+    if ldt in _INT:  # a label out of range is an error (it would pick nothing: a silent 0)
+        labels = lax.check_index(labels, shape[-1])
     target = one_hot(labels, shape[-1], dtype_of(logits)) if ldt in _INT else labels
     picked = lax.reduce_sum(lax.mul(logp, target), -1)
     return lax.unary("neg", lax.mean(picked))

@@ -12,12 +12,15 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import os
+import signal
+import tempfile
 
 import numpy as np
 
 from .backend import Runner, check_target
 from .compiler.step import StepGraph, build_step_graph
-from .compiler.trace import graph_inputs, signature_key, signature_of
+from .compiler.trace import arg_names, graph_inputs, signature_key, signature_of
 from .device import copy_into, device_put, is_device_array, to_numpy, zeros
 from .ir.printer import format_graph
 from .pytree import flatten, leaf_paths, unflatten
@@ -29,6 +32,42 @@ STAGES = ("forward", "backward", "update", "step", "optimized", "fused")
 
 class NonFiniteLossError(FloatingPointError):
     """The loss of a step was inf or nan; the step's update was not applied."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not fit this step and its parameters; nothing was changed."""
+
+
+class _Uninterruptible:
+    """Ctrl-C (SIGINT) held back while a step writes parameters and counts itself, so a step
+    is all or nothing: the KeyboardInterrupt arrives when the block ends, after `step.t` has
+    advanced with the parameters. (A native call cannot be interrupted anyway; this closes the
+    gap between it and the bookkeeping after it.)"""
+
+    __slots__ = ("old",)
+    available = hasattr(signal, "pthread_sigmask")
+
+    def __enter__(self):
+        if self.available:
+            self.old = signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGINT,))
+        return self
+
+    def __exit__(self, *exc):
+        if self.available:
+            signal.pthread_sigmask(signal.SIG_SETMASK, self.old)
+
+
+def _batch_problem(path, arg) -> str | None:
+    """Why a batch argument cannot be what it looks like, or None."""
+    if isinstance(arg, str):
+        return f"{path} is a str; batch arguments are arrays (or Python numbers for flags)"
+    if isinstance(arg, (list, tuple)):
+        leaves, _ = flatten(arg)
+        if len(leaves) > 1 and all(isinstance(x, (bool, int, float)) for x in leaves):
+            return (f"{path} is a {type(arg).__name__} of numbers; fusegrad treats lists and "
+                    f"tuples as containers of separate compile-time constants, so every batch "
+                    f"would compile anew. Pass an array: np.asarray({path})")
+    return None
 
 
 def step_key(seed: int, t: int) -> np.int64:
@@ -88,6 +127,7 @@ class TrainStep:
         self._param_tree = None
         self._slots: dict | None = None  # slot -> list over param leaves (None if not trained)
         self._params = None  # the pytree last trained (for save())
+        self._param_specs = None  # (shape, dtype) of every parameter leaf, fixed at first call
 
     # ---- compilation ----
     def _program(self, params, batch, flat=None) -> StepGraph:
@@ -96,6 +136,11 @@ class TrainStep:
         key = signature_of(*flat) if flat is not None else signature_key((params,) + batch)
         prog = self._programs.get(key)
         if prog is None:
+            names = ["params"] + arg_names(self.loss_fn, 1 + len(batch))[1:]
+            for name, arg in zip(names[1:], batch):
+                problem = _batch_problem(name, arg)
+                if problem:
+                    raise TypeError(f"{self.name}: {problem}")
             if self._programs:
                 log.info("fusegrad: %s compiles again for a new signature", self.name)
             mask = _trainable_mask(self.trainable, params)
@@ -127,6 +172,18 @@ class TrainStep:
                 got = "a read-only array" if isinstance(x, np.ndarray) else type(x).__name__
                 raise TypeError(f"{path} must be a writable NumPy array: train_step updates "
                                 f"parameters in place (got {got})")
+        specs = self._param_specs
+        if specs is None:
+            self._param_specs = [(tuple(x.shape), np.dtype(x.dtype)) for x in leaves]
+        else:
+            for k, (x, (shape, dtype)) in enumerate(zip(leaves, specs)):
+                if x.shape != shape or x.dtype != dtype:
+                    path = leaf_paths(tree, "params")[k]
+                    raise ValueError(
+                        f"{path}: this train_step was initialised for {dtype}{list(shape)}, got "
+                        f"{np.dtype(x.dtype)}{list(x.shape)}. Its optimizer state has the first "
+                        f"shapes; to train parameters of other shapes or dtypes, make a new "
+                        f"fg.train_step")
         self._param_tree = tree
         return leaves
 
@@ -162,17 +219,19 @@ class TrainStep:
         self._last_inputs = inputs
         n_aux = prog.aux_tree.num_leaves if self.has_aux else 0
         in_place = runner.build is not None  # the compiled step writes params and state itself
-        ok, outs = runner.run(inputs, want=range(1 + n_aux) if in_place else None)
-        loss = outs[0]
+        with _Uninterruptible():  # the update and the count of steps go together
+            ok, outs = runner.run(inputs, want=range(1 + n_aux) if in_place else None)
+            loss = outs[0]
+            if ok:
+                if not in_place:
+                    self._commit(prog, leaves, outs, trained_leaves)
+                self.t = t
+                self._params = params
         if not ok:
             raise NonFiniteLossError(
                 f"{self.name}: the loss is {loss} at step {t}; the update was not applied, so "
                 f"the parameters and optimizer state are those from before this step"
             )
-        if not in_place:
-            self._commit(prog, leaves, outs, trained_leaves)
-        self.t = t
-        self._params = params
         loss = loss[()]
         if self.has_aux:
             return loss, unflatten(prog.aux_tree, outs[1:1 + n_aux])
@@ -263,7 +322,10 @@ class TrainStep:
 
     # ---- checkpoints ----
     def save(self, path, params=None):
-        """Write optimizer state, step count, seed and the parameters to an .npz file."""
+        """Write the parameters, optimizer state, step count and seed to the .npz file `path`
+        (exactly that name). Atomic: the file is written beside it under a temporary name,
+        flushed to disk, then renamed over `path`, so an interrupted save leaves the previous
+        checkpoint whole."""
         params = self._params if params is None else params
         arrays = {"__step__": np.int64(self.t), "__seed__": np.int64(self.seed)}
         if params is not None:
@@ -276,31 +338,110 @@ class TrainStep:
                 for p, x in zip(paths, values):
                     if x is not None:
                         arrays[f"{s}:{p}"] = to_numpy(x)
-        np.savez(path, **arrays)
+        path = os.fspath(path)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
+                                   prefix=".fusegrad-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **arrays)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
 
     def load(self, path, params=None):
-        """Restore a checkpoint written by save(); parameters are copied into `params` in place."""
-        with np.load(path) as f:
+        """Restore a checkpoint written by save(): parameters are copied into `params` in place,
+        the optimizer state, step count and seed into this step. The whole file is checked
+        first (every parameter and state entry present, with the shapes and dtypes of the
+        parameters, nothing else): a checkpoint that does not fit raises CheckpointError and
+        changes nothing."""
+        path = os.fspath(path)
+        if not os.path.exists(path) and os.path.exists(path + ".npz"):
+            path += ".npz"  # written by np.savez-style naming
+        with np.load(path, allow_pickle=False) as f:  # data only: never unpickle
             data = {k: f[k] for k in f.files}
-        self.t = int(data["__step__"])
-        self.seed = int(data["__seed__"])
+        plan = self._checked_checkpoint(path, data, params)
+        with _Uninterruptible():
+            for x, value in plan["params"]:
+                copy_into(x, value)
+            if params is not None:
+                self._params = params
+            if plan["slots"] is not None:
+                self._slots = plan["slots"]
+            self.t, self.seed = plan["step"], plan["seed"]
+
+    def _checked_checkpoint(self, path, data, params) -> dict:
+        """Everything load() will write, checked against this step and `params`."""
+        def fail(why):
+            raise CheckpointError(f"checkpoint {path}: {why}; nothing was loaded")
+
+        step, seed = data.get("__step__"), data.get("__seed__")
+        if step is None or seed is None or step.shape != () or step.dtype.kind != "i":
+            fail("no step count (__step__) or seed: not written by train_step.save")
+        plan = {"step": int(step), "seed": int(seed), "params": [], "slots": None}
+        if int(step) < 0:
+            fail(f"a negative step count {int(step)}")
+        saved_params = {k[len("param:"):]: v for k, v in data.items() if k.startswith("param:")}
         if params is not None:
             leaves, tree = flatten(params)
             self._check_params(params)
-            for p, x in zip(leaf_paths(tree, "params"), leaves):
-                if f"param:{p}" not in data:
-                    raise KeyError(f"checkpoint {path} has no parameter {p}")
-                copy_into(x, data[f"param:{p}"])
-            self._params = params
-        slot_names = sorted({k.split(":", 1)[0] for k in data if not k.startswith(("__", "param:"))})
-        if slot_names:
-            if self._param_tree is None:
-                raise RuntimeError("pass params= to load() (or call the step once) so the state "
-                                   "can be matched to the parameters")
-            paths = leaf_paths(self._param_tree, "params")
-            self._slots = {s: [data.get(f"{s}:{p}") for p in paths] for s in slot_names}
-            if self.target == "cuda":  # state lives on the device
-                self._slots = {s: device_put(v) for s, v in self._slots.items()}
+            paths = leaf_paths(tree, "params")
+            missing = [p for p in paths if p not in saved_params]
+            extra = sorted(set(saved_params) - set(paths))
+            if missing or extra:
+                fail(f"its parameters are not these: missing {missing}, unknown {extra}")
+            for p, x in zip(paths, leaves):
+                value = saved_params[p]
+                if value.shape != tuple(x.shape) or value.dtype != np.dtype(x.dtype):
+                    fail(f"{p} is {value.dtype}{list(value.shape)} there, "
+                         f"{np.dtype(x.dtype)}{list(x.shape)} here")
+                plan["params"].append((x, value))
+        else:
+            leaves, tree = (None, self._param_tree)
+        slot_names = sorted({k.split(":", 1)[0] for k in data
+                             if not k.startswith(("__", "param:"))})
+        if not slot_names and not self.optimizer.slots:
+            return plan
+        if set(slot_names) != set(self.optimizer.slots):
+            fail(f"its optimizer state has slots {slot_names}, {type(self.optimizer).__name__} "
+                 f"needs {sorted(self.optimizer.slots)}")
+        if tree is None or (leaves is None and self._params is None):
+            raise RuntimeError("pass params= to load() (or call the step once) so the state "
+                               "can be matched to the parameters")
+        paths = leaf_paths(tree, "params")
+        specs = self._param_specs or [(tuple(x.shape), np.dtype(x.dtype)) for x in leaves]
+        trained = self._trained_paths(tree, leaves if leaves is not None else self._params)
+        slots = {}
+        for s in slot_names:
+            values = []
+            for p, (shape, dtype) in zip(paths, specs):
+                value = data.get(f"{s}:{p}")
+                if p not in trained:
+                    if value is not None:
+                        fail(f"{s} has state for {p}, which is not trained")
+                    values.append(None)
+                    continue
+                if value is None:
+                    fail(f"{s} has no state for {p}")
+                if value.shape != shape or value.dtype != dtype:
+                    fail(f"{s}:{p} is {value.dtype}{list(value.shape)}, the parameter "
+                         f"{dtype}{list(shape)}")
+                values.append(np.ascontiguousarray(value))
+            slots[s] = values
+        if self.target == "cuda":  # state lives on the device
+            slots = {s: device_put(v) for s, v in slots.items()}
+        plan["slots"] = slots
+        return plan
+
+    def _trained_paths(self, tree, params) -> set:
+        leaves = params if isinstance(params, list) else flatten(params)[0]
+        mask = _trainable_mask(self.trainable, unflatten(tree, leaves))
+        return {p for p, m in zip(leaf_paths(tree, "params"), mask) if m}
 
 
 def train_step(loss_fn=None, optimizer=None, *, has_aux=False, trainable=None, seed=0,

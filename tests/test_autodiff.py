@@ -23,7 +23,7 @@ from fusegrad.ir.ops import FLOAT_UNARY, NUMERIC_UNARY, PRIMITIVES
 
 # Primitives whose VJP cuts the path (no gradient flows through them to their inputs).
 NO_GRADIENT = {"eq", "ne", "lt", "le", "gt", "ge", "argmax", "sign", "iota", "constant",
-               "random_uniform", "stop_gradient"}
+               "check_index", "random_uniform", "stop_gradient"}
 
 
 def _rng(name: str):
@@ -320,6 +320,19 @@ def _constant_row():
     np.testing.assert_array_equal(fg.grad(f)(x), c)
 
 
+def _check_index_row():
+    """Labels pass through unchanged (and carry no gradient); the loss's gradient is softmax
+    minus one-hot, as without the check."""
+    logits = _rng("check_index").standard_normal((4, 3))
+    labels = np.array([0, 2, 1, 2])
+    f = lambda z, y: fg.cross_entropy(z, y)  # noqa: E731  the check is inside
+    assert "check_index" in ops_of(fg.jit(f).trace(logits, labels).graph)
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    np.testing.assert_allclose(fg.grad(f)(logits, labels), (p - np.eye(3)[labels]) / 4,
+                               rtol=1e-12)
+
+
 def _iota_row():
     x = _rng("iota").standard_normal((3, 4))
     f = lambda x: lax.reduce_sum(lax.mul(x, lax.iota((3, 4), 1, "float64")))  # noqa: E731
@@ -346,6 +359,7 @@ NO_GRAD_ROWS = {
     "stop_gradient": _stop_gradient_row,
     "constant": _constant_row,
     "iota": _iota_row,
+    "check_index": _check_index_row,
     "random_uniform": _random_uniform_row,
 }
 

@@ -311,6 +311,10 @@ for name, idx, ushape, dt, axis, dim in SCATTERS:
     add("scatter_add", [fixed(idx), rand(ushape, dt, -9, 9)], {"axis": axis, "dim_size": dim},
         lambda i, u, _a=axis, _d=dim: _scatter_ref(i, u, _a, _d), name)
 
+add("check_index", [fixed(np.array([0, 3, 9, 3], np.int64))], {"size": 10}, lambda i: i,
+    "labels")
+add("check_index", [fixed(np.array([[1], [0]], np.int32))], {"size": 2}, lambda i: i, "int32-2d")
+
 # ---------------------------------------------------------------------------------------------
 # matmul
 

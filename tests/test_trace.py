@@ -316,17 +316,18 @@ graph mlp_loss(
   %16: f32[8,1] = sum[axes=(1,), keepdims=True] %15   # {loss}
   %17: f32[8,1] = log %16   # {loss}
   %18: f32[8,4] = sub %14, %17   # {loss}
-  %19: i64[8,4] = iota[axis=1, dtype=int64, shape=(8,4)]   # {loss}
-  %20: i64[8,1] = reshape[shape=(8,1)] %5   # {loss}
-  %21: b1[8,4] = eq %19, %20   # {loss}
-  %22: f32[8,4] = cast[dtype=float32] %21   # {loss}
-  %23: f32[8,4] = mul %18, %22   # {loss}
-  %24: f32[8] = sum[axes=(1,), keepdims=False] %23   # {loss}
-  %25: f32[] = sum[axes=(0,), keepdims=False] %24   # {loss}
-  %26: f32[] = constant[value=8.0]   # {loss}
-  %27: f32[] = div %25, %26   # {loss}
-  %28: f32[] = neg %27   # {loss}
-  return %28  # out
+  %19: i64[8] = check_index[size=4] %5   # {loss}
+  %20: i64[8,4] = iota[axis=1, dtype=int64, shape=(8,4)]   # {loss}
+  %21: i64[8,1] = reshape[shape=(8,1)] %19   # {loss}
+  %22: b1[8,4] = eq %20, %21   # {loss}
+  %23: f32[8,4] = cast[dtype=float32] %22   # {loss}
+  %24: f32[8,4] = mul %18, %23   # {loss}
+  %25: f32[8] = sum[axes=(1,), keepdims=False] %24   # {loss}
+  %26: f32[] = sum[axes=(0,), keepdims=False] %25   # {loss}
+  %27: f32[] = constant[value=8.0]   # {loss}
+  %28: f32[] = div %26, %27   # {loss}
+  %29: f32[] = neg %28   # {loss}
+  return %29  # out
 }"""
 
 

@@ -241,6 +241,11 @@ def gather(x, indices, axis=0):
     return bind("gather", x, indices, axis=int(axis) % nd)
 
 
+def check_index(indices, size):
+    """`indices`, checked (on every target, at run time) to lie in [0, size)."""
+    return bind("check_index", indices, size=int(size))
+
+
 def scatter_add(indices, updates, axis, dim_size):
     return bind("scatter_add", indices, updates, axis=int(axis), dim_size=int(dim_size))
 

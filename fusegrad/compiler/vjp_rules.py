@@ -213,6 +213,7 @@ VJP_RULES = {
     "sum": _sum,
     "max": _max,
     "argmax": _no_gradient,
+    "check_index": _no_gradient,
     "reshape": lambda e, n, g, need: (e.reshape(g, n.inputs[0].shape),),
     "transpose": _transpose,
     "broadcast_to": lambda e, n, g, need: (g,),  # the driver sums it back to the input's shape

@@ -59,6 +59,15 @@ def _scatter_add(xs, a):
     return out
 
 
+def _check_index(xs, a):
+    idx, size = xs[0], a["size"]
+    bad = (idx < 0) | (idx >= size)
+    if bad.any():
+        at = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise IndexError(f"index {idx[at]} at position {at} is outside [0, {size})")
+    return idx.copy()
+
+
 def _window_geometry(a, h, w):
     (kh, kw), (sh, sw), (ph, pw) = a["kernel"], a["stride"], a["padding"]
     oh = window_output_size(h, kh, sh, ph)
@@ -172,6 +181,7 @@ IMPLS = {
     "concatenate": lambda xs, a: np.concatenate(xs, axis=a["axis"]),
     "gather": lambda xs, a: np.take(xs[0], xs[1], axis=a["axis"]),
     "scatter_add": _scatter_add,
+    "check_index": _check_index,
     "matmul": _matmul,
     "unfold": _unfold,
     "fold": _fold,
@@ -198,6 +208,22 @@ def _widen(x, float64):
     return x
 
 
+class IndexOutOfRangeError(IndexError):
+    """An index (a gather, an embedding id, a class label) outside its axis. Every target
+    raises it, naming the operation and the user's source line; a compiled step stops before
+    anything is written."""
+
+
+INDEXING = ("gather", "scatter_add", "check_index")
+
+
+def _where(node) -> str:
+    from .printer import short_loc
+
+    loc = short_loc(node.loc)
+    return f" ({loc})" if loc else ""
+
+
 def interpret(graph, args, float64: bool = False) -> list:
     """Run `graph` on NumPy arrays `args` (one per graph input); returns the list of outputs.
 
@@ -222,7 +248,13 @@ def interpret(graph, args, float64: bool = False) -> list:
                 t = t.with_dtype("float64")
                 if node.op == "cast":  # casting to float32 must not round in float64 mode
                     attrs = attrs.replace(dtype="float64")
-            results = [eval_primitive(node.op, xs, attrs, t)]
+            try:
+                results = [eval_primitive(node.op, xs, attrs, t)]
+            except IndexError as exc:
+                if node.op not in INDEXING:
+                    raise
+                raise IndexOutOfRangeError(f"{graph.name}: an index is out of range in "
+                                           f"{node.op}{_where(node)}: {exc}") from None
         for v, r in zip(node.outputs, results):
             env[v] = _widen(np.asarray(r), float64)
     return [env[v] for v in graph.outputs]

@@ -18,7 +18,7 @@ from .types import ShapeError, TensorType, broadcast_shapes, normalize_axes
 #   unary / binary / compare / select / cast   elementwise (binary ops broadcast implicitly)
 #   reduce                                      sum, max, argmax over axes
 #   movement                                    reshape, transpose, broadcast_to, slice, pad, concat
-#   gather                                      gather / scatter_add along an axis
+#   gather                                      gather / scatter_add along an axis, check_index
 #   matmul                                      (batched) matrix product with transpose flags
 #   window                                      unfold / fold (im2col / col2im)
 #   source                                      constant, iota, random_uniform (no tensor inputs)
@@ -270,6 +270,15 @@ def _gather(ts, attrs):
     _need(is_int(idx.dtype), "gather", f"indices must be integers, got {idx}")
     _need(0 <= axis < x.ndim, "gather", f"axis {axis} out of range for {x}")
     return x.with_shape(x.shape[:axis] + idx.shape + x.shape[axis + 1:])
+
+
+@register("check_index", "gather", 1, attrs=("size",),
+          doc="the indices themselves, checked to lie in [0, size): class labels")
+def _check_index(ts, attrs):
+    (idx,) = ts
+    _need(is_int(idx.dtype), "check_index", f"indices must be integers, got {idx}")
+    _need(attrs["size"] >= 0, "check_index", f"size must be >= 0, got {attrs['size']}")
+    return idx
 
 
 @register("scatter_add", "gather", 2, attrs=("axis", "dim_size"),

@@ -72,6 +72,9 @@ class Executable:
         self._run = entry_function(dispatcher_address)
         self._first_input = len(BASES)
         self._specs = [(tuple(i.shape), np.dtype(i.dtype), i.written) for i in p.inputs]
+        self._written = np.array([w for _, _, w in self._specs], bool)
+        self._lo = np.zeros(self.n_inputs, np.int64)  # each input's bytes: [lo, hi)
+        self._hi = np.zeros(self.n_inputs, np.int64)
         self._seen: list = [None] * self.n_inputs  # the array last passed as each input
         self._keep: list = [None] * self.n_inputs  # contiguous copies of read-only inputs
         self.inputs: list = [None] * self.n_inputs
@@ -96,8 +99,28 @@ class Executable:
         elif written and not x.flags.writeable:
             raise ValueError(f"{name} is updated in place, so it must be writable")
         data = keep if keep is not None else x
-        self.bases[self._first_input + k] = data.ctypes.data if data.size else 0
+        address = data.ctypes.data if data.size else 0
+        self._check_overlap(k, name, address, address + data.nbytes, keep is not None)
+        self.bases[self._first_input + k] = address
         self._seen[k], self._keep[k] = x, keep
+
+    def _check_overlap(self, k, name, lo, hi, copied):
+        """An input the step writes must share no memory with any other input: the step would
+        read values it has already overwritten (and two parameters that are one array would
+        get two updates)."""
+        self._lo[k], self._hi[k] = (lo, hi) if not copied else (0, 0)
+        if hi == lo or copied:
+            return
+        others = self._written if not self._written[k] else np.ones(self.n_inputs, bool)
+        clash = others & (self._lo < hi) & (lo < self._hi)
+        clash[k] = False
+        if clash.any():
+            j = int(np.flatnonzero(clash)[0])
+            other = self.program.inputs[j].name
+            written = name if self._written[k] else other
+            raise InputMismatchError(
+                f"{name} and {other} share memory, and the step updates {written} in place: "
+                f"pass separate arrays (np.copy one of them)")
 
     def bind(self, inputs) -> None:
         if len(inputs) != self.n_inputs:

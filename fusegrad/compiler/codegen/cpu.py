@@ -202,7 +202,7 @@ class _Builder:
         if emitter is None:
             raise NotImplementedError(f"no CPU emitter for a lone {prim.op} kernel")
         for call in emitter(prim, prim_ins, outs[0]):
-            self.library(call, what, loc)
+            self.library(call, f"{what} {prim.op}", loc)
 
     @staticmethod
     def _key(ref: Ref):

@@ -99,24 +99,51 @@ def copy(src, dst, n):
 
 @_inline
 def gather(x, idx, out, A, N, B, K):
+    """out[a, t, :] = x[a, idx[t], :]; an index in [-N, 0) counts from the end (NumPy's take).
+    Returns 2 (STATUS_INDEX) at the first index outside [-N, N), before writing anything."""
+    for t in range(K):
+        j = idx[t]
+        if j < -N or j >= N:
+            return 2
     for a in range(A):
         for t in range(K):
-            src = (a * N + idx[t]) * B
+            j = idx[t]
+            src = (a * N + (j + N if j < 0 else j)) * B
             dst = (a * K + t) * B
             for b in range(B):
                 out[dst + b] = x[src + b]
+    return 0
 
 
 @_inline
 def scatter_add(idx, upd, out, A, N, B, K):
+    """The gradient of gather: out[a, idx[t], :] += upd[a, t, :] (negative indices as gather's);
+    returns 2 (STATUS_INDEX) for an index outside [-N, N)."""
+    for t in range(K):
+        j = idx[t]
+        if j < -N or j >= N:
+            return 2
     for i in range(A * N * B):
         out[i] = 0
     for a in range(A):
         for t in range(K):
-            dst = (a * N + idx[t]) * B
+            j = idx[t]
+            dst = (a * N + (j + N if j < 0 else j)) * B
             src = (a * K + t) * B
             for b in range(B):
                 out[dst + b] += upd[src + b]
+    return 0
+
+
+@_inline
+def check_index(idx, out, size, n):
+    """out = idx when every index lies in [0, size) (class labels); else 2 (STATUS_INDEX)."""
+    bad = 0
+    for i in range(n):
+        j = idx[i]
+        bad |= (j < 0) | (j >= size)
+        out[i] = j
+    return 2 if bad else 0
 
 
 # ---- reductions that are not fused loops: over the middle axis of (A, N, B) -----------------
@@ -282,6 +309,7 @@ SIGNATURES = {
     "copy": ("array array count", "copy"),
     "gather": ("array array array int int int int", "gather"),
     "scatter_add": ("array array array int int int int", "scatter_add"),
+    "check_index": ("array array int count", "check_index"),
     "reduce_middle": ("array array int int int flag", "reduce_middle"),
     "argmax": ("array array int int int", "argmax"),
     "iota": ("array int int int", "iota"),
@@ -290,6 +318,7 @@ SIGNATURES = {
     "random_uniform": ("array array array flag count", "random_uniform"),
     "check_finite": ("array count", "check_finite"),
 }
+RETURNS_STATUS = ("check_finite", "gather", "scatter_add", "check_index")  # the rest always succeed
 _PARAM_TYPE = {"int": "i64", "ints": "i64*", "flag": "b1", "count": "i64", "real": "f64*"}
 
 LIBRARY_HEADER = '''"""fusegrad library kernel {name}. Generated; do not edit."""
@@ -313,7 +342,7 @@ def library_kernel(fn: str, dtypes) -> tuple[str, str]:
     name = "_".join([fn] + [_SHORT[d] for d in dtypes])
     # a real (fill value) arrives as a pointer into the program's float table
     call = ", ".join(f"{p}[0]" if kind == "real" else p for p, kind in zip(params, kinds))
-    returns = fn == "check_finite"
+    returns = fn in RETURNS_STATUS
     body = (f"    return {target}({call})\n" if returns else
             f"    {target}({call})\n    return 0\n")
     text = (LIBRARY_HEADER.format(name=name, fn=target)

@@ -38,6 +38,16 @@ def _ptr(v) -> str:
     return _SHORT[v.type.dtype] + "*"
 
 
+def _one_column(maps, space) -> dict:
+    """With one column (C == 1) a per-column value is one value, and a row is one element:
+    ROW and SCALAR (and FULL and COL) address the same data. Use one name for each, so a
+    column reduction's result and the scalars computed from it live at one loop level."""
+    if space.C != 1:
+        return maps
+    same = {FULL: COL, ROW: SCALAR}
+    return {v: same.get(m, m) for v, m in maps.items()}
+
+
 class _Pass:
     """One loop over j in the row body: its scope's lines, then `tail` (accumulate or store
     lines). Rendered at the end, because a later pass may add row-cache stores to it."""
@@ -59,7 +69,8 @@ class LoopKernel:
         self.inplace = dict(inplace or {})
         self.region = kernel.region
         self.space = Space(tuple(kernel.attrs["space"]), kernel.attrs["split"])
-        self.maps, self.reductions = infer_maps(self.region.nodes, self.space)
+        maps, self.reductions = infer_maps(self.region.nodes, self.space)
+        self.maps = _one_column(maps, self.space)
         self.names = names or {}
         self.exact_math = exact_math
         # structural: comments without shapes or constant values, so the text of a kernel

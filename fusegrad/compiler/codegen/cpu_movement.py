@@ -162,6 +162,11 @@ def _scatter_add(node, ins, out):
                                     Int(node.attrs["dim_size"]), Int(B), Int(idx.type.size)))]
 
 
+def _check_index(node, ins, out):
+    return [LibCall("check_index", (Array(ins[0]), Array(out), Int(node.attrs["size"]),
+                                    Count(node.out.type.size)))]
+
+
 def _reduce(node, ins, out):
     axes = node.attrs["axes"]  # one contiguous run (prepare_for_fusion made sure)
     A, N, B = _split(node.inputs[0].shape, axes[0], len(axes))
@@ -210,6 +215,7 @@ MOVEMENT = {
     "concatenate": _concatenate,
     "gather": _gather,
     "scatter_add": _scatter_add,
+    "check_index": _check_index,
     "sum": _reduce,
     "max": _reduce,
     "argmax": _argmax,

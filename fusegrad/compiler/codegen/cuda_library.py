@@ -89,19 +89,63 @@ def strided_copy(src, src_offset, src_strides, dst, dst_offset, dst_strides, siz
 
 # ---- gather / scatter-add along an axis: x viewed as (A, N, B), indices flat (K) -------------
 
+# An index out of range raises IndexOutOfRangeError, as on the CPU, before anything reads it:
+# a check kernel sets a device flag, and the host reads it (one small synchronisation).
+
+@cuda.jit(cache=True)
+def _check_range(idx, lo, hi, bad, n):
+    for e in range(cuda.grid(1), n, cuda.gridsize(1)):
+        if idx[e] < lo or idx[e] >= hi:
+            bad[0] = 1  # every thread that finds one writes the same value
+
+
+_flags: dict = {}
+
+
+def _require_in_range(idx, lo, hi, what):
+    from ...ir.interpret import IndexOutOfRangeError
+
+    n = idx.size
+    if not n:
+        return
+    flag = _flags.get("bad")
+    if flag is None:
+        flag = _flags["bad"] = cuda.device_array(1, np.int64)
+    flag.copy_to_device(np.zeros(1, np.int64))
+    _launch(_check_range, n, idx, lo, hi, flag, n)
+    if flag.copy_to_host()[0]:
+        raise IndexOutOfRangeError(f"an index is out of range in {what} (outside [{lo}, {hi}))"
+                                   f"; nothing was updated")
+
+
 @cuda.jit(cache=True)
 def _gather(x, idx, out, N, B, K, n):
     for e in range(cuda.grid(1), n, cuda.gridsize(1)):
         b = e % B
         t = (e // B) % K
         a = e // (B * K)
-        out[e] = x[(a * N + idx[t]) * B + b]
+        j = idx[t]
+        out[e] = x[(a * N + (j + N if j < 0 else j)) * B + b]
 
 
 def gather(x, idx, out, A, N, B, K):
+    _require_in_range(idx, -N, N, "gather")
     n = A * K * B
     if n:
         _launch(_gather, n, x, idx, out, N, B, K, n)
+
+
+@cuda.jit(cache=True)
+def _copy_index(idx, out, n):
+    for e in range(cuda.grid(1), n, cuda.gridsize(1)):
+        out[e] = idx[e]
+
+
+def check_index(idx, out, size):
+    """out = idx, after checking every index lies in [0, size) (class labels)."""
+    _require_in_range(idx, 0, size, "check_index")
+    if idx.size:
+        _launch(_copy_index, idx.size, idx, out, idx.size)
 
 
 @cuda.jit(cache=True)
@@ -110,10 +154,12 @@ def _scatter_add(idx, upd, out, N, B, K, n):
         b = e % B
         t = (e // B) % K
         a = e // (B * K)
-        cuda.atomic.add(out, (a * N + idx[t]) * B + b, upd[e])
+        j = idx[t]
+        cuda.atomic.add(out, (a * N + (j + N if j < 0 else j)) * B + b, upd[e])
 
 
 def scatter_add(idx, upd, out, A, N, B, K):
+    _require_in_range(idx, -N, N, "scatter_add")
     fill(out, 0)
     n = A * K * B
     if n:
@@ -271,5 +317,6 @@ def finite(x, host) -> bool:
     return bool(np.isfinite(host[0]))
 
 
-__all__ = ["copy", "fill", "strided_copy", "gather", "scatter_add", "reduce_middle", "argmax",
+__all__ = ["copy", "fill", "strided_copy", "gather", "scatter_add", "check_index",
+           "reduce_middle", "argmax",
            "iota", "unfold", "fold", "random_uniform", "finite", "kernel_math"]
