@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import tempfile
+import threading
 
 import numpy as np
 
@@ -39,22 +40,52 @@ class CheckpointError(ValueError):
 
 
 class _Uninterruptible:
-    """Ctrl-C (SIGINT) held back while a step writes parameters and counts itself, so a step
-    is all or nothing: the KeyboardInterrupt arrives when the block ends, after `step.t` has
-    advanced with the parameters. (A native call cannot be interrupted anyway; this closes the
-    gap between it and the bookkeeping after it.)"""
+    """Ctrl-C held back while a step writes parameters and counts itself, so a step is all or
+    nothing: the KeyboardInterrupt arrives when the block ends, after `step.t` has advanced
+    with the parameters. (A native call cannot be interrupted anyway; this closes the gap
+    between it and the bookkeeping after it.)
 
-    __slots__ = ("old",)
-    available = hasattr(signal, "pthread_sigmask")
+    Python runs signal handlers in the main thread, whichever thread the OS delivered the
+    signal to, so blocking the signal in one thread is not enough: on the first step in the
+    main thread a handler is installed in front of the one in place (Python's default, or the
+    user's), which defers the signal while a step is in progress and passes it on otherwise.
+    Costs two counter updates per step."""
+
+    depth = 0
+    pending = False
+    previous = None
+    installed = False
 
     def __enter__(self):
-        if self.available:
-            self.old = signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGINT,))
+        cls = _Uninterruptible
+        if threading.current_thread() is threading.main_thread():
+            if not cls.installed:
+                cls._install()
+            cls.depth += 1
         return self
 
     def __exit__(self, *exc):
-        if self.available:
-            signal.pthread_sigmask(signal.SIG_SETMASK, self.old)
+        cls = _Uninterruptible
+        if threading.current_thread() is threading.main_thread():
+            cls.depth -= 1
+            if cls.depth == 0 and cls.pending:
+                cls.pending = False
+                cls.previous(signal.SIGINT, None)  # the default raises KeyboardInterrupt
+
+    @classmethod
+    def _install(cls):
+        cls.installed = True
+        current = signal.getsignal(signal.SIGINT)
+        if callable(current):  # Python's default handler, or the user's
+            cls.previous = current
+            signal.signal(signal.SIGINT, cls._handle)
+
+    @classmethod
+    def _handle(cls, signum, frame):
+        if cls.depth:
+            cls.pending = True
+        else:
+            cls.previous(signum, frame)
 
 
 def _batch_problem(path, arg) -> str | None:
