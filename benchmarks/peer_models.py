@@ -94,7 +94,8 @@ def build(peer, model_name):
     if model_name in WORKLOADS:
         return _existing_contender(peer, WORKLOADS[model_name])
     if model_name not in MODELS:
-        raise KeyError(f"unknown model {model_name!r} (one of {', '.join(MODELS)})")
+        raise KeyError(f"unknown model {model_name!r} (one of "
+                       f"{', '.join([*MODELS, *WORKLOADS])})")
     model = MODELS[model_name]()
     batches = _step_batches(model_name, model)
     if peer == "jax jit":
@@ -108,12 +109,17 @@ def details(peer) -> dict:
         return {"jax_version": jax.__version__, "jax_platform": jax.devices()[0].platform,
                 "jax_persistent_cache": jax.config.jax_compilation_cache_dir}
     if peer == "torch.compile" and torch is not None:
-        out = {"torch_version": torch.__version__, "torch_threads": torch.get_num_threads()}
+        out = {"torch_version": torch.__version__, "torch_threads": torch.get_num_threads(),
+               # unset: OpenMP threads spin while waiting, which on a loaded machine can slow
+               # the compiled step many times over (PASSIVE gave 19 vs 490 ms for mnist-net)
+               "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
         try:  # private API: only for the note
             counters = torch._dynamo.utils.counters
             out["graph_breaks"] = sum(counters["graph_break"].values())
             out["graph_break_reasons"] = sorted({r.splitlines()[0][:120]
                                                  for r in counters["graph_break"]})
+            # 3 for a whole step (before backward, backward's graph, opt.step); one more per
+            # recompile, e.g. SGD with momentum's step once its buffers exist (second call)
             out["unique_graphs"] = counters["stats"]["unique_graphs"]
             out["inductor_compile_threads"] = torch._inductor.config.compile_threads
         except Exception:  # noqa: BLE001

@@ -46,6 +46,9 @@ from fusegrad.compiler.codegen.kernel_lang import kernel
 '''
 
 
+_PLACEHOLDER = "fusegrad_kernel_name_"
+
+
 class Ref(NamedTuple):
     """Where a value's data starts: bases[base] + offset (bytes), and what to call it."""
     base: int
@@ -65,10 +68,6 @@ class GeneratedCode:
     program: CompiledProgram
     schedule: list = field(default_factory=list)  # readable line per entry
     readable: dict = field(default_factory=dict)  # kernel name -> source with this program's names
-
-
-def _digest(*parts) -> str:
-    return hashlib.sha256(repr(parts).encode()).hexdigest()[:12]
 
 
 class _Builder:
@@ -217,11 +216,15 @@ class _Builder:
         written = {self._key(o) for o in outs}
         pointers = keys + [self._key(o) for k, o in enumerate(outs) if k not in inplace]
         noalias = all(pointers.count(w) <= 1 for w in written)
-        name = f"{node.attrs['kind'].replace('+', '')}_" + _digest(
-            node.attrs["name"], sorted(inplace.items()), noalias, self.exact_math)
         kernel = LoopKernel(node, _region_names(node.region), self.exact_math, structural=True,
                             inplace=inplace)
-        text = kernel.source(name, noalias)  # also collects this call's constant values
+        # named by a hash of its text, which depends only on the structure: the same structure
+        # is the same kernel; any variant (in-place outputs, exact math, and choices made by
+        # sizes, such as one column) is another
+        text = kernel.source(_PLACEHOLDER, noalias)  # also collects this call's constants
+        name = f"{node.attrs['kind'].replace('+', '')}_" + hashlib.sha256(
+            text.encode()).hexdigest()[:12]
+        text = text.replace(_PLACEHOLDER, name)
         header = KERNEL_HEADER.format(name=name, kind=node.attrs["kind"])
         readable = None
         if name not in self.kernel_index:

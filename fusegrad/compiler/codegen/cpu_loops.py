@@ -40,11 +40,12 @@ def _ptr(v) -> str:
 
 def _one_column(maps, space) -> dict:
     """With one column (C == 1) a per-column value is one value, and a row is one element:
-    ROW and SCALAR (and FULL and COL) address the same data. Use one name for each, so a
-    column reduction's result and the scalars computed from it live at one loop level."""
+    ROW and SCALAR (and FULL and COL) address the same data; with one element in all, every
+    map does. Use one name for each, so values computed from each other (a column reduction's
+    result and the scalars computed from it) live at one loop level."""
     if space.C != 1:
         return maps
-    same = {FULL: COL, ROW: SCALAR}
+    same = {FULL: SCALAR, COL: SCALAR, ROW: SCALAR} if space.R == 1 else {FULL: COL, ROW: SCALAR}
     return {v: same.get(m, m) for v, m in maps.items()}
 
 
@@ -250,11 +251,12 @@ class LoopKernel:
         body: list[str] = []
         S = _Scope("S")
         I = _Scope("I", S)  # noqa: E741
-        # SCALAR outputs that need no column reduction
+        # SCALAR outputs that need no column reduction: stored once every per-call value is
+        # loaded (an output may be written over an input that a later line still reads)
+        s_stores = []
         for v, names in self.out_arg.items():
             if self.maps[v] == SCALAR and v not in self.after_col and v not in self.after_row:
-                for o in names:
-                    S.lines.append(f"{o}[0] = {self.need(v, S)}")
+                s_stores += [f"{o}[0] = {self.need(v, S)}" for o in names]
         # the row body: phases for row reductions, then the elementwise pass
         self._passes, self.row_slots = [], {}
         for r in self.row_reds:
@@ -285,16 +287,18 @@ class LoopKernel:
             stores.append(self._accumulate(r.op, slot, x) + f"  {self._comment(r)}")
         if J.lines or stores:
             I.lines.append(_Pass(J, ["    " + ln for ln in stores]))
+        i_stores = []  # per-row outputs: stored after the row's last load, as above
         for v, names in self.out_arg.items():
             if self.maps[v] == COL and v not in self.after_col:
                 val = self.need(v, I)
-                I.lines += [f"{o}[i] = {val}" for o in names]
+                i_stores += [f"{o}[i] = {val}" for o in names]
             elif self.maps[v] == SCALAR and v in self.after_row and v not in self.after_col:
-                I.lines += [f"{o}[0] = {self.need(v, I)}" for o in names]
+                i_stores += [f"{o}[0] = {self.need(v, I)}" for o in names]
         for r in col_scalar:
             x = self.need(r.inputs[0], I)
             slot = f"{part[r]}[c]"
             I.lines.append(self._accumulate(r.op, slot, x) + f"  {self._comment(r)}")
+        I.lines += i_stores
 
         I.lines = [ln for item in I.lines
                    for ln in (item.render() if isinstance(item, _Pass) else [item])]
@@ -313,7 +317,7 @@ class LoopKernel:
             loops += self._combine(col_full, col_scalar, part, S)
         elif I.lines:
             loops += ["for i in range(R):", "    base = i * C", *("    " + ln for ln in I.lines)]
-        body += S.lines + loops  # S last: later passes hoist scalars into it
+        body += S.lines + s_stores + loops  # S last: later passes hoist scalars into it
         self.partials = [("nch * C" if r in col_full else "nch") for r in part]
         params = (["R", "C", *ins, *outs] + list(part.values())
                   + (["rc"] if self.row_slots else [])
