@@ -61,7 +61,7 @@ def transformer_lm(layers=2, d=32, heads=2, vocab=65, block=16, batch=4) -> Mode
         qkv = x @ b["attn_w"] + b["attn_b"]
         q, k, v = qkv[..., :d], qkv[..., d:2 * d], qkv[..., 2 * d:]
         q, k, v = (fg.transpose(fg.reshape(t, (B, T, heads, hd)), (0, 2, 1, 3)) for t in (q, k, v))
-        att = (q @ fg.swapaxes(k, -1, -2)) * (1.0 / np.sqrt(hd))
+        att = (q @ fg.swapaxes(k, -1, -2)) * float(1.0 / np.sqrt(hd))  # a Python float: stays float32
         att = fg.where(mask[:T, :T], att, -np.inf)
         y = fg.softmax(att, axis=-1) @ v
         y = fg.reshape(fg.transpose(y, (0, 2, 1, 3)), (B, T, d))
