@@ -25,6 +25,7 @@ import re
 
 from ...ir import Attrs, Graph, Node, Var
 from ...ir.printer import format_graph
+from .dagorder import MergeableDag
 from .remat import recomputed_nodes
 from .loopspace import (COL, FULL, REDUCTIONS, ROW, MapConflict, Space, infer_maps,
                         is_loop_op, space_for)
@@ -95,6 +96,9 @@ class _Partition:
                     changed = True
         self.group = {n: i for i, n in enumerate(self.nodes) if n not in self.free}
         self.members = {i: [n] for n, i in self.group.items()}
+        # a topological order of the kernel graph (groups are numbered by their first node)
+        self.order = MergeableDag([self.group.get(n, n) for n in self.nodes],
+                                  self._successors, self._predecessors)
 
     def _find_loopable(self):
         # loop nodes that can form a kernel on their own (an operand broadcast that is not a
@@ -157,28 +161,29 @@ class _Partition:
             return None
         return space, maps, reductions
 
-    def creates_cycle(self, nodes) -> bool:
-        """Would running `nodes` as one kernel need a value that itself needs the kernel? Other
-        kernels are atomic: reaching any of their nodes means depending on all of their outputs."""
-        inside = set(nodes)
-        groups_inside = {self.group[n] for n in nodes}
-        stack = [u for n in nodes for v in n.outputs for u in self.users.get(v, ())
-                 if u not in inside]
-        seen = set()
-        while stack:
-            u = stack.pop()
-            if u in inside:
-                return True
-            g = self.group.get(u)
-            key = ("g", g) if g is not None else ("n", u)
-            if key in seen:
-                continue
-            seen.add(key)
-            if g is not None and g in groups_inside:
-                return True
-            members = self.members[g] if g is not None else [u]
-            stack.extend(w for m in members for v in m.outputs for w in self.users.get(v, ()))
-        return False
+    # ---- the kernel graph: groups as vertices (free nodes are vertices of their own) ----
+    def _vertex(self, node):
+        return self.group.get(node, node)
+
+    def _members_of(self, vertex):
+        return self.members[vertex] if isinstance(vertex, int) else (vertex,)
+
+    def _successors(self, vertex):
+        for m in self._members_of(vertex):
+            for v in m.outputs:
+                for u in self.users.get(v, ()):
+                    w = self._vertex(u)
+                    if w != vertex:
+                        yield w
+
+    def _predecessors(self, vertex):
+        for m in self._members_of(vertex):
+            for v in m.inputs:
+                p = self.producer.get(v)
+                if p is not None:
+                    w = self._vertex(p)
+                    if w != vertex:
+                        yield w
 
     def try_merge(self, ga, gb) -> bool:
         if ga == gb:
@@ -191,7 +196,9 @@ class _Partition:
             return False
         if any(n in self.recomputed for n in nodes) and any(n.part == "forward" for n in nodes):
             return False
-        if self.loop_plan(nodes) is None or self.creates_cycle(nodes):
+        # merging two kernels must not make the one need a value that itself needs the other
+        # (other kernels are atomic: reaching any of their nodes needs all of their outputs)
+        if self.loop_plan(nodes) is None or not self.order.contract(ga, gb):
             return False
         for n in self.members[gb]:
             self.group[n] = ga

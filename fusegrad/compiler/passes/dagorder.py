@@ -1,0 +1,129 @@
+"""A topological order of a DAG whose vertices are merged one pair at a time (fusion's kernels).
+
+Fusion asks, for every candidate merge of two kernels, whether running them as one would need a
+value that itself needs the merged kernel: a path from one to the other through a third vertex.
+Walking everything downstream of the pair answers that, but costs the size of the graph per
+question, so a whole fusion costs its square. A topological order of the current kernel graph
+bounds the walk: a path from `lo` to `hi` (lo ordered first) only passes through vertices ordered
+between them. Even that range can be most of the graph (a backward node merged into the forward
+kernel whose output it reads), but then one side is small: the backward node has few ancestors
+in the range, or the forward kernel few descendants. Either walk alone decides the question
+(lo reaches hi forwards iff hi reaches lo backwards), so both run in turns and the first to
+finish answers: the cost is that of the smaller side.
+
+After a merge the order is repaired from that side alone, in the spirit of Pearce & Kelly's
+dynamic topological sort: when the walk back from `hi` finished, what leads to `hi` moves to just
+before `lo` and the merged vertex takes `lo`'s place; when the walk forward from `lo` finished,
+what `lo` leads to moves to just after `hi` and the merged vertex takes `hi`'s place. Positions
+are integers with gaps so that a move renumbers only the vertices moved (all of them are
+renumbered, rarely, when a gap is used up).
+"""
+from __future__ import annotations
+
+from bisect import bisect_left
+from typing import Callable, Hashable, Iterable
+
+Vertex = Hashable
+Neighbours = Callable[[Vertex], Iterable[Vertex]]
+
+SPACING = 1 << 32  # room between neighbouring positions after a renumbering
+
+
+class MergeableDag:
+    """`order`: the vertices in a topological order; `successors(v)` / `predecessors(v)`: v's
+    neighbours in the caller's graph, which changes as vertices merge (contract() keeps the
+    order right for it)."""
+
+    def __init__(self, order: Iterable[Vertex], successors: Neighbours,
+                 predecessors: Neighbours):
+        self.successors = successors
+        self.predecessors = predecessors
+        self.position: dict = {}
+        self.taken: list = []
+        self._renumber(order)
+
+    def _renumber(self, order) -> None:
+        """Positions SPACING apart, in `order` (in place: callers hold the containers)."""
+        order = list(order)
+        self.position.clear()
+        self.position.update((v, (k + 1) * SPACING) for k, v in enumerate(order))
+        self.taken[:] = sorted(self.position.values())  # every position in use, ascending
+
+    def _walk(self, start, target, neighbours: Neighbours, inside):
+        """A generator stepping once per vertex reached from `start` through `neighbours`
+        within the positions where `inside(position)` holds, not counting the direct step from
+        start to target. It returns the set of vertices reached, or None when it reaches
+        `target` (a path through a third vertex)."""
+        position = self.position
+        seen: set = set()
+        stack = [v for v in neighbours(start) if v != target]
+        while stack:
+            v = stack.pop()
+            if v in seen:
+                continue
+            if v == target:
+                return None
+            if inside(position[v]):
+                seen.add(v)
+                stack.extend(neighbours(v))
+                yield
+        return seen
+
+    def contract(self, keep, drop) -> bool:
+        """Merge `drop` into `keep` unless that closes a cycle (then return False and change
+        nothing). Call it before the caller's graph merges the two: the walks read the graph
+        as it is."""
+        position = self.position
+        lo, hi = sorted((keep, drop), key=position.__getitem__)
+        bottom, top = position[lo], position[hi]
+        forward = self._walk(lo, hi, self.successors, lambda p: p < top)
+        backward = self._walk(hi, lo, self.predecessors, lambda p: p > bottom)
+        which, reached = _first_to_finish(forward, backward)
+        if reached is None:
+            return False
+        # no path lo -> x -> hi, so what lo leads to and what leads to hi may move past them
+        if which == 0:  # the merged vertex takes hi's place, what lo leads to goes after it
+            place, freed = hi, lo
+        else:  # the merged vertex takes lo's place, what leads to hi goes before it
+            place, freed = lo, hi
+        taken = self.taken
+        for v in (freed, *reached):
+            del taken[bisect_left(taken, position[v])]
+        del position[freed]
+        self._place(sorted(reached, key=position.__getitem__), place, after=which == 0)
+        position[keep] = position.pop(place)
+        return True
+
+    def _place(self, moved: list, anchor, after: bool) -> None:
+        """Give `moved` (out of `taken`, in order) the positions in the gap just after (or
+        before) `anchor`'s, renumbering everything first if that gap is too small."""
+        position, taken, n = self.position, self.taken, len(moved)
+        if not moved:
+            return
+        for _ in range(2):
+            k = bisect_left(taken, position[anchor])
+            if after:
+                start = taken[k]
+                end = taken[k + 1] if k + 1 < len(taken) else start + (n + 1) * SPACING
+            else:
+                end = taken[k]
+                start = taken[k - 1] if k > 0 else end - (n + 1) * SPACING
+            step = (end - start) // (n + 1)
+            if step > 0:
+                break
+            gone = set(moved)
+            self._renumber(sorted((v for v in position if v not in gone),
+                                  key=position.__getitem__))
+        new = [start + i * step for i in range(1, n + 1)]
+        position.update(zip(moved, new))
+        taken[k + 1 if after else k:k + 1 if after else k] = new
+
+
+def _first_to_finish(*walks):
+    """Step the walks in turn until one returns: (its index, what it returned)."""
+    while True:
+        for i, walk in enumerate(walks):
+            try:
+                next(walk)
+            except StopIteration as done:
+                return i, done.value
