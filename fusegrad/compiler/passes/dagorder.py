@@ -21,12 +21,26 @@ renumbered, rarely, when a gap is used up).
 from __future__ import annotations
 
 from bisect import bisect_left
+from dataclasses import dataclass
 from typing import Callable, Hashable, Iterable
 
 Vertex = Hashable
 Neighbours = Callable[[Vertex], Iterable[Vertex]]
 
 SPACING = 1 << 32  # room between neighbouring positions after a renumbering
+
+
+@dataclass(frozen=True)
+class Merge:
+    """A merge found legal: which vertex comes first, and the vertices the order must move
+    (what `lo` leads to, to go after the merged vertex, or what leads to `hi`, to go before)."""
+
+    keep: Vertex
+    drop: Vertex
+    lo: Vertex
+    hi: Vertex
+    after: bool
+    moved: set
 
 
 class MergeableDag:
@@ -69,10 +83,9 @@ class MergeableDag:
                 yield
         return seen
 
-    def contract(self, keep, drop) -> bool:
-        """Merge `drop` into `keep` unless that closes a cycle (then return False and change
-        nothing). Call it before the caller's graph merges the two: the walks read the graph
-        as it is."""
+    def merge_plan(self, keep, drop) -> "Merge | None":
+        """How to merge `drop` into `keep`, or None when that would close a cycle. Changes
+        nothing: contract() carries the plan out (with the graph still as it was asked)."""
         position = self.position
         lo, hi = sorted((keep, drop), key=position.__getitem__)
         bottom, top = position[lo], position[hi]
@@ -80,19 +93,22 @@ class MergeableDag:
         backward = self._walk(hi, lo, self.predecessors, lambda p: p > bottom)
         which, reached = _first_to_finish(forward, backward)
         if reached is None:
-            return False
-        # no path lo -> x -> hi, so what lo leads to and what leads to hi may move past them
-        if which == 0:  # the merged vertex takes hi's place, what lo leads to goes after it
-            place, freed = hi, lo
+            return None
+        return Merge(keep, drop, lo, hi, after=which == 0, moved=reached)
+
+    def contract(self, merge: "Merge") -> None:
+        """Carry out a merge_plan: no path lo -> x -> hi exists, so what lo leads to and what
+        leads to hi may move past the pair. Call it before the caller's graph merges the two."""
+        position, taken = self.position, self.taken
+        if merge.after:  # the merged vertex takes hi's place, what lo leads to goes after it
+            place, freed = merge.hi, merge.lo
         else:  # the merged vertex takes lo's place, what leads to hi goes before it
-            place, freed = lo, hi
-        taken = self.taken
-        for v in (freed, *reached):
+            place, freed = merge.lo, merge.hi
+        for v in (freed, *merge.moved):
             del taken[bisect_left(taken, position[v])]
         del position[freed]
-        self._place(sorted(reached, key=position.__getitem__), place, after=which == 0)
-        position[keep] = position.pop(place)
-        return True
+        self._place(sorted(merge.moved, key=position.__getitem__), place, merge.after)
+        position[merge.keep] = position.pop(place)
 
     def _place(self, moved: list, anchor, after: bool) -> None:
         """Give `moved` (out of `taken`, in order) the positions in the gap just after (or

@@ -79,6 +79,7 @@ class _Partition:
                 stack.extend(p.inputs)
         free_vars: set = set()
         self.free = set()
+        self._single_plans: dict = {}  # node -> (the free nodes it needs, its loop plan)
         for n in self.nodes:
             if _is_free(n, free_vars):
                 self.free.add(n)
@@ -96,6 +97,8 @@ class _Partition:
                     changed = True
         self.group = {n: i for i, n in enumerate(self.nodes) if n not in self.free}
         self.members = {i: [n] for n, i in self.group.items()}
+        # each loop group's loop_plan(members), as found when it was formed
+        self.plans = {self.group[n]: self._single_plan(n) for n in self.loopable}
         # a topological order of the kernel graph (groups are numbered by their first node)
         self.order = MergeableDag([self.group.get(n, n) for n in self.nodes],
                                   self._successors, self._predecessors)
@@ -104,7 +107,16 @@ class _Partition:
         # loop nodes that can form a kernel on their own (an operand broadcast that is not a
         # 2-D map, e.g. (3,1,4) into (3,5,4), makes the node an opaque kernel instead)
         self.loopable = {n for n in self.nodes if n not in self.free and is_loop_op(n)
-                         and n.op != "constant" and self.loop_plan([n]) is not None}
+                         and n.op != "constant" and self._single_plan(n) is not None}
+
+    def _single_plan(self, n):
+        """loop_plan([n]), computed again only when the free nodes it needs have changed (the
+        free set shrinks while __init__ settles it; nothing else the plan reads changes)."""
+        need = frozenset(self.closure([n]))
+        known = self._single_plans.get(n)
+        if known is None or known[0] != need:
+            known = self._single_plans[n] = (need, self.loop_plan([n]))
+        return known[1]
 
     # ---- legality ----
     def closure(self, nodes):
@@ -197,9 +209,17 @@ class _Partition:
         if any(n in self.recomputed for n in nodes) and any(n.part == "forward" for n in nodes):
             return False
         # merging two kernels must not make the one need a value that itself needs the other
-        # (other kernels are atomic: reaching any of their nodes needs all of their outputs)
-        if self.loop_plan(nodes) is None or not self.order.contract(ga, gb):
+        # (other kernels are atomic: reaching any of their nodes needs all of their outputs);
+        # checked first: it is cheaper than the loop plan and fails more often
+        merge = self.order.merge_plan(ga, gb)
+        if merge is None:
             return False
+        plan = self.loop_plan(nodes)
+        if plan is None:
+            return False
+        self.order.contract(merge)
+        self.plans[ga] = plan
+        del self.plans[gb]
         for n in self.members[gb]:
             self.group[n] = ga
         self.members[ga] = nodes
@@ -305,25 +325,27 @@ def _strip_sizes(text: str) -> str:
     return re.sub(r"\[(\d+(,\d+)*)?\]", lambda m: f"[rank{len(m.group(0).split(','))}]", text)
 
 
-def make_kernel(part: _Partition, nodes, kind=None) -> Node:
+def make_kernel(part: _Partition, g) -> Node:
+    """The kernel node of group `g`."""
+    nodes = part.members[g]
     body = part.body(nodes)
     inside = set(body)
-    inputs = []
+    inputs = {}  # operands in order of first use (a dict: ordered, no duplicates)
     for n in body:
         for v in n.inputs:
-            if part.producer.get(v) not in inside and v not in inputs:
-                inputs.append(v)
+            if part.producer.get(v) not in inside:
+                inputs.setdefault(v)
+    inputs = list(inputs)
     outputs = part.outputs_of(nodes)
     attrs = {}
-    if kind is None:
-        if len(nodes) == 1 and nodes[0] not in part.loopable:
-            kind = "gemm" if nodes[0].op == "matmul" else "opaque"
-        else:
-            space, _, reductions = part.loop_plan(nodes)
-            kinds = set(reductions.values())
-            kind = {frozenset(): "elementwise", frozenset({"row"}): "row",
-                    frozenset({"col"}): "column"}.get(frozenset(kinds), "row+column")
-            attrs.update(space=space.shape, split=space.split)
+    if len(nodes) == 1 and nodes[0] not in part.loopable:
+        kind = "gemm" if nodes[0].op == "matmul" else "opaque"
+    else:
+        space, _, reductions = part.plans[g]
+        kinds = set(reductions.values())
+        kind = {frozenset(): "elementwise", frozenset({"row"}): "row",
+                frozenset({"col"}): "column"}.get(frozenset(kinds), "row+column")
+        attrs.update(space=space.shape, split=space.split)
     region = _clone_region(body, inputs, outputs, "region")
     flops = sum(_flops(n) for n in body)
     moved = sum(v.type.nbytes for v in (*inputs, *outputs))
@@ -347,7 +369,7 @@ def fuse(graph: Graph, multi_tensor: bool = True, guard: int | None = None) -> G
                 lone.op == "reshape" and part.producer.get(lone.inputs[0]) not in part.free)):
             kernels.append(lone)  # data, or a view of a buffer: no code runs
         else:
-            kernels.append(make_kernel(part, nodes))
+            kernels.append(make_kernel(part, g))
     if multi_tensor:
         kernels = _group_updates(kernels)
     return graph.replace(nodes=tuple(kernels))
