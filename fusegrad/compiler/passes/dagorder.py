@@ -1,4 +1,4 @@
-"""A topological order of a DAG whose vertices are merged one pair at a time (fusion's kernels).
+"""A DAG whose vertices are merged one pair at a time (fusion's kernels), kept in topological order.
 
 Fusion asks, for every candidate merge of two kernels, whether running them as one would need a
 value that itself needs the merged kernel: a path from one to the other through a third vertex.
@@ -17,15 +17,17 @@ before `lo` and the merged vertex takes `lo`'s place; when the walk forward from
 what `lo` leads to moves to just after `hi` and the merged vertex takes `hi`'s place. Positions
 are integers with gaps so that a move renumbers only the vertices moved (all of them are
 renumbered, rarely, when a gap is used up).
+
+The edges between vertices are kept too (merged as the vertices merge), so that a walk steps over
+a kernel's few outside neighbours, not over every operand of every node inside it.
 """
 from __future__ import annotations
 
 from bisect import bisect_left
 from dataclasses import dataclass
-from typing import Callable, Hashable, Iterable
+from typing import Hashable, Iterable
 
 Vertex = Hashable
-Neighbours = Callable[[Vertex], Iterable[Vertex]]
 
 SPACING = 1 << 32  # room between neighbouring positions after a renumbering
 
@@ -44,14 +46,18 @@ class Merge:
 
 
 class MergeableDag:
-    """`order`: the vertices in a topological order; `successors(v)` / `predecessors(v)`: v's
-    neighbours in the caller's graph, which changes as vertices merge (contract() keeps the
-    order right for it)."""
+    """`order`: the vertices in a topological order; `edges`: (from, to) pairs (repeats and
+    self-loops are ignored)."""
 
-    def __init__(self, order: Iterable[Vertex], successors: Neighbours,
-                 predecessors: Neighbours):
-        self.successors = successors
-        self.predecessors = predecessors
+    def __init__(self, order: Iterable[Vertex], edges: Iterable[tuple[Vertex, Vertex]]):
+        order = list(order)
+        # neighbour sets as dicts (ordered, so that walks and timings do not vary run to run)
+        self.succ: dict = {v: {} for v in order}
+        self.pred: dict = {v: {} for v in order}
+        for a, b in edges:
+            if a != b:
+                self.succ[a][b] = None
+                self.pred[b][a] = None
         self.position: dict = {}
         self.taken: list = []
         self._renumber(order)
@@ -63,14 +69,14 @@ class MergeableDag:
         self.position.update((v, (k + 1) * SPACING) for k, v in enumerate(order))
         self.taken[:] = sorted(self.position.values())  # every position in use, ascending
 
-    def _walk(self, start, target, neighbours: Neighbours, inside):
+    def _walk(self, start, target, neighbours: dict, inside):
         """A generator stepping once per vertex reached from `start` through `neighbours`
         within the positions where `inside(position)` holds, not counting the direct step from
         start to target. It returns the set of vertices reached, or None when it reaches
         `target` (a path through a third vertex)."""
         position = self.position
         seen: set = set()
-        stack = [v for v in neighbours(start) if v != target]
+        stack = [v for v in neighbours[start] if v != target]
         while stack:
             v = stack.pop()
             if v in seen:
@@ -79,26 +85,43 @@ class MergeableDag:
                 return None
             if inside(position[v]):
                 seen.add(v)
-                stack.extend(neighbours(v))
+                stack.extend(neighbours[v])
                 yield
         return seen
 
-    def merge_plan(self, keep, drop) -> "Merge | None":
+    def merge_plan(self, keep, drop) -> Merge | None:
         """How to merge `drop` into `keep`, or None when that would close a cycle. Changes
-        nothing: contract() carries the plan out (with the graph still as it was asked)."""
+        nothing: contract() carries the plan out."""
         position = self.position
         lo, hi = sorted((keep, drop), key=position.__getitem__)
         bottom, top = position[lo], position[hi]
-        forward = self._walk(lo, hi, self.successors, lambda p: p < top)
-        backward = self._walk(hi, lo, self.predecessors, lambda p: p > bottom)
+        forward = self._walk(lo, hi, self.succ, lambda p: p < top)
+        backward = self._walk(hi, lo, self.pred, lambda p: p > bottom)
         which, reached = _first_to_finish(forward, backward)
         if reached is None:
             return None
         return Merge(keep, drop, lo, hi, after=which == 0, moved=reached)
 
-    def contract(self, merge: "Merge") -> None:
-        """Carry out a merge_plan: no path lo -> x -> hi exists, so what lo leads to and what
-        leads to hi may move past the pair. Call it before the caller's graph merges the two."""
+    def contract(self, merge: Merge) -> None:
+        """Carry out a merge_plan (made since the last contract)."""
+        self._merge_edges(merge.keep, merge.drop)
+        self._repair_order(merge)
+
+    def _merge_edges(self, keep, drop) -> None:
+        """`drop`'s edges become `keep`'s."""
+        succ, pred = self.succ, self.pred
+        for v in succ.pop(drop):
+            del pred[v][drop]
+            if v != keep:
+                pred[v][keep] = succ[keep][v] = None
+        for v in pred.pop(drop):
+            del succ[v][drop]
+            if v != keep:
+                succ[v][keep] = pred[keep][v] = None
+
+    def _repair_order(self, merge: Merge) -> None:
+        """No path lo -> x -> hi exists, so what lo leads to and what leads to hi may move past
+        the pair: move the side the walk finished."""
         position, taken = self.position, self.taken
         if merge.after:  # the merged vertex takes hi's place, what lo leads to goes after it
             place, freed = merge.hi, merge.lo

@@ -99,9 +99,19 @@ class _Partition:
         self.members = {i: [n] for n, i in self.group.items()}
         # each loop group's loop_plan(members), as found when it was formed
         self.plans = {self.group[n]: self._single_plan(n) for n in self.loopable}
-        # a topological order of the kernel graph (groups are numbered by their first node)
-        self.order = MergeableDag([self.group.get(n, n) for n in self.nodes],
-                                  self._successors, self._predecessors)
+        # the kernel graph, in a topological order: groups are its vertices (numbered by their
+        # first node), free nodes are vertices of their own
+        self.order = MergeableDag(map(self._vertex, self.nodes), self._edges())
+
+    def _vertex(self, node):
+        return self.group.get(node, node)
+
+    def _edges(self):
+        for n in self.nodes:
+            for v in n.inputs:
+                p = self.producer.get(v)
+                if p is not None:
+                    yield self._vertex(p), self._vertex(n)
 
     def _find_loopable(self):
         # loop nodes that can form a kernel on their own (an operand broadcast that is not a
@@ -172,30 +182,6 @@ class _Partition:
         if any(maps[v] == ROW and v not in after_col for v in outs):
             return None
         return space, maps, reductions
-
-    # ---- the kernel graph: groups as vertices (free nodes are vertices of their own) ----
-    def _vertex(self, node):
-        return self.group.get(node, node)
-
-    def _members_of(self, vertex):
-        return self.members[vertex] if isinstance(vertex, int) else (vertex,)
-
-    def _successors(self, vertex):
-        for m in self._members_of(vertex):
-            for v in m.outputs:
-                for u in self.users.get(v, ()):
-                    w = self._vertex(u)
-                    if w != vertex:
-                        yield w
-
-    def _predecessors(self, vertex):
-        for m in self._members_of(vertex):
-            for v in m.inputs:
-                p = self.producer.get(v)
-                if p is not None:
-                    w = self._vertex(p)
-                    if w != vertex:
-                        yield w
 
     def try_merge(self, ga, gb) -> bool:
         if ga == gb:
