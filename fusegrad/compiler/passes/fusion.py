@@ -20,11 +20,8 @@ of becoming kernels of their own.
 """
 from __future__ import annotations
 
-import hashlib
-import re
-
 from ...ir import Attrs, Graph, Node, Var
-from ...ir.printer import format_graph
+from ...ir.structure import structure_digest
 from .dagorder import MergeableDag
 from .remat import recomputed_nodes
 from .loopspace import (COL, FULL, REDUCTIONS, ROW, MapConflict, Space, infer_maps,
@@ -295,20 +292,9 @@ def _clone_region(nodes, inputs, outputs, name) -> Graph:
 
 
 def structural_name(kind, region: Graph) -> str:
-    """Kernels with the same structure (ops, attrs, dtypes, ranks) share a name and code."""
-    text = format_graph(region)
-    digest = hashlib.sha1(f"{kind}\n{_strip_sizes(text)}".encode()).hexdigest()[:10]
-    return f"{kind.replace('+', '')}_{digest}"
-
-
-def _strip_sizes(text: str) -> str:
-    """Kernel text without what the generated code takes as arguments: sizes and constants."""
-    text = re.sub(r"#.*", "", text)
-    text = re.sub(r"constant\[value=[^\]]*\]", "constant", text)
-    text = re.sub(r"[ \t]+", " ", text)  # column padding depends on the widest type
-    # shape-valued attributes (reshape/broadcast targets, iota and slice sizes) are sizes too
-    text = re.sub(r"\b(shape|sizes|starts|output_size|dim_size)=(\([^)]*\)|\d+)", r"\1=?", text)
-    return re.sub(r"\[(\d+(,\d+)*)?\]", lambda m: f"[rank{len(m.group(0).split(','))}]", text)
+    """Kernels with the same structure (ops, attrs, dtypes, ranks: ir/structure.py) share a
+    name and code."""
+    return f"{kind.replace('+', '')}_{structure_digest(region, salt=kind)}"
 
 
 def make_kernel(part: _Partition, g) -> Node:
