@@ -20,6 +20,8 @@ of becoming kernels of their own.
 """
 from __future__ import annotations
 
+import heapq
+
 from ...ir import Attrs, Graph, Node, Var
 from ...ir.structure import structure_digest
 from .dagorder import MergeableDag
@@ -228,10 +230,11 @@ class _Partition:
                     self.try_merge(readers[0], g)
 
     def groups_in_order(self):
-        """Kernels in a topological order of their dependencies, earliest first."""
+        """Kernels in a topological order of their dependencies: of the kernels whose inputs
+        are ready, always the one whose first node comes first in the graph."""
         deps = {g: set() for g in self.members}
         for g, nodes in self.members.items():
-            for n in self.body(nodes):
+            for n in (*nodes, *self.closure(nodes)):
                 for v in n.inputs:
                     p = self.producer.get(v)
                     if p is not None and p in self.group and self.group[p] != g:
@@ -239,35 +242,47 @@ class _Partition:
         guard = self.producer.get(self.guard)
         if guard in self.group:
             first = self.group[guard]
+            # what the guard's kernel needs does not change as writers are made to wait for it
+            # (they wait only if it does not need them)
+            needed = _needed_by(deps, first)
             for g, nodes in self.members.items():
                 writes = any(v in self.aliased for n in nodes for v in n.outputs)
-                if writes and g != first and not _reaches(deps, first, g):
+                if writes and g != first and g not in needed:
                     deps[g].add(first)
-        order, done = [], set()
-        pending = sorted(self.members, key=lambda g: self.index[self.members[g][0]])
-        while pending:
-            for g in pending:
-                if deps[g] <= done:
-                    order.append(g)
-                    done.add(g)
-                    pending.remove(g)
-                    break
-            else:  # pragma: no cover  (merges never create cycles)
-                raise RuntimeError("fusion produced a cycle between kernels")
-        return order
+        return _topological(deps, key=lambda g: self.index[self.members[g][0]])
 
 
-def _reaches(deps, start, target) -> bool:
-    """Does group `start` depend, directly or not, on group `target`?"""
-    stack, seen = [start], set()
+def _needed_by(deps, start) -> set:
+    """The groups `start` depends on, directly or not."""
+    stack, seen = list(deps[start]), set()
     while stack:
         g = stack.pop()
-        if g == target:
-            return True
         if g not in seen:
             seen.add(g)
             stack.extend(deps[g])
-    return False
+    return seen
+
+
+def _topological(deps, key) -> list:
+    """Kahn's algorithm, taking the ready group of least `key` at every step."""
+    waiting = {g: len(d) for g, d in deps.items()}
+    dependents: dict = {g: [] for g in deps}
+    for g, d in deps.items():
+        for h in d:
+            dependents[h].append(g)
+    ready = [(key(g), g) for g, n in waiting.items() if n == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        _, g = heapq.heappop(ready)
+        order.append(g)
+        for h in dependents[g]:
+            waiting[h] -= 1
+            if waiting[h] == 0:
+                heapq.heappush(ready, (key(h), h))
+    if len(order) != len(deps):  # pragma: no cover  (merges never create cycles)
+        raise RuntimeError("fusion produced a cycle between kernels")
+    return order
 
 
 def _downstream_of(body, reductions):
@@ -360,21 +375,21 @@ def _group_updates(kernels):
     position = kernels.index(independent[-1])
     # every independent update kernel may move to the position of the last one: nothing
     # between reads their outputs (only kernels after the last one can)
-    later_inputs = {v for k in kernels[:position] if k not in independent for v in k.inputs}
+    moving = set(independent)
+    later_inputs = {v for k in kernels[:position] if k not in moving for v in k.inputs}
     group = [k for k in independent if not any(v in later_inputs for v in k.outputs)]
     if len(group) < 2:
         return kernels
-    inputs, outputs = [], []
-    for k in group:
-        inputs += [v for v in k.inputs if v not in inputs]
-        outputs += list(k.outputs)
+    inputs = list(dict.fromkeys(v for k in group for v in k.inputs))  # in order, once each
+    outputs = [v for k in group for v in k.outputs]
     inner = Graph(tuple(inputs), tuple(group), tuple(outputs), name="region")
     region = _clone_region(inner.nodes, inputs, outputs, "region")
     attrs = Attrs(kind="multi", flops=sum(k.attrs["flops"] for k in group),
                   bytes=sum(v.type.nbytes for v in (*inputs, *outputs)),
                   name=structural_name("multi", region))
     multi = Node("kernel", tuple(inputs), tuple(outputs), attrs, None, "update", region)
-    rest = [k for k in kernels if k not in group]
+    grouped = set(group)
+    rest = [k for k in kernels if k not in grouped]
     rest.insert(rest.index(kernels[position + 1]) if position + 1 < len(kernels) else len(rest),
                 multi)
     return rest
