@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import cached_property
 
 import numpy as np
 
-from .dtypes import as_dtype, short_name
+from .dtypes import DTYPES, as_dtype, short_name
+
+
+_ITEMSIZE = {d: np.dtype(d).itemsize for d in DTYPES}
 
 
 class ShapeError(ValueError):
@@ -25,20 +27,16 @@ class TensorType:
         if any(s < 0 for s in shape):
             raise ShapeError(f"negative dimension in shape {shape}")
         object.__setattr__(self, "shape", shape)
+        # an attribute, not a property: fusion asks ~100k times a program
+        object.__setattr__(self, "size", math.prod(shape))  # exact Python ints
 
     @property
     def ndim(self) -> int:
         return len(self.shape)
 
-    # computed once per type (cached_property writes the instance's __dict__, which a frozen
-    # dataclass allows): fusion asks ~100k times a program
-    @cached_property
-    def size(self) -> int:
-        return math.prod(self.shape)  # exact Python ints
-
-    @cached_property
+    @property
     def nbytes(self) -> int:
-        return self.size * np.dtype(self.dtype).itemsize
+        return self.size * _ITEMSIZE[self.dtype]
 
     def with_shape(self, shape) -> "TensorType":
         return TensorType(self.dtype, tuple(shape))

@@ -96,7 +96,9 @@ class _Partition:
                     changed = True
         self.group = {n: i for i, n in enumerate(self.nodes) if n not in self.free}
         self.members = {i: [n] for n, i in self.group.items()}
-        # each loop group's loop_plan(members), as found when it was formed
+        # each group's closure(members), and each loop group's loop_plan(members), as found
+        # when it was formed (a merge's closure is the union of the two)
+        self.needs = {g: self._single_needs(n) for n, g in self.group.items()}
         self.plans = {self.group[n]: self._single_plan(n) for n in self.loopable}
         # the kernel graph, in a topological order: groups are its vertices (numbered by their
         # first node), free nodes are vertices of their own
@@ -124,8 +126,12 @@ class _Partition:
         need = frozenset(self.closure([n]))
         known = self._single_plans.get(n)
         if known is None or known[0] != need:
-            known = self._single_plans[n] = (need, self.loop_plan([n]))
+            known = self._single_plans[n] = (need, self.loop_plan([n], need))
         return known[1]
+
+    def _single_needs(self, n):
+        known = self._single_plans.get(n)  # a loop node's closure is known from its plan
+        return known[0] if known is not None else frozenset(self.closure([n]))
 
     # ---- legality ----
     def closure(self, nodes):
@@ -138,10 +144,10 @@ class _Partition:
                 stack.extend(p.inputs)
         return need
 
-    def body(self, nodes):
+    def body(self, nodes, free):
         """The kernel's nodes in a canonical order: members in graph order, each recomputed
-        free node placed just before its first use, so identical layers print identically."""
-        free = self.closure(nodes)
+        free node (`free`: their closure) placed just before its first use, so identical
+        layers print identically."""
         order, placed = [], set()
 
         def place(n):
@@ -156,17 +162,18 @@ class _Partition:
             place(n)
         return order
 
-    def outputs_of(self, nodes):
+    def outputs_of(self, nodes, free):
         """Values of `nodes` needed elsewhere: graph outputs, and values read outside the
         kernel's body (a free node recomputed in another kernel counts as outside)."""
-        inside = set(nodes) | self.closure(nodes)
+        inside = set(nodes) | free
         return [v for n in nodes for v in n.outputs
                 if v in self.outputs or any(u not in inside for u in self.users.get(v, ()))]
 
-    def loop_plan(self, nodes):
-        """(space, maps, reductions) if `nodes` can form one loop kernel, else None."""
-        body = self.body(nodes)
-        outs = self.outputs_of(nodes)
+    def loop_plan(self, nodes, free):
+        """(space, maps, reductions) if `nodes` (`free`: their closure) can form one loop
+        kernel, else None."""
+        body = self.body(nodes, free)
+        outs = self.outputs_of(nodes, free)
         space = space_for(body, outs or [body[-1].out])
         try:
             maps, reductions = infer_maps(body, space)
@@ -199,12 +206,13 @@ class _Partition:
         merge = self.order.merge_plan(ga, gb)
         if merge is None:
             return False
-        plan = self.loop_plan(nodes)
+        free = self.needs[ga] | self.needs[gb]
+        plan = self.loop_plan(nodes, free)
         if plan is None:
             return False
         self.order.contract(merge)
-        self.plans[ga] = plan
-        del self.plans[gb]
+        self.plans[ga], self.needs[ga] = plan, free
+        del self.plans[gb], self.needs[gb]
         for n in self.members[gb]:
             self.group[n] = ga
         self.members[ga] = nodes
@@ -234,7 +242,7 @@ class _Partition:
         are ready, always the one whose first node comes first in the graph."""
         deps = {g: set() for g in self.members}
         for g, nodes in self.members.items():
-            for n in (*nodes, *self.closure(nodes)):
+            for n in (*nodes, *self.needs[g]):
                 for v in n.inputs:
                     p = self.producer.get(v)
                     if p is not None and p in self.group and self.group[p] != g:
@@ -315,7 +323,7 @@ def structural_name(kind, region: Graph) -> str:
 def make_kernel(part: _Partition, g) -> Node:
     """The kernel node of group `g`."""
     nodes = part.members[g]
-    body = part.body(nodes)
+    body = part.body(nodes, part.needs[g])
     inside = set(body)
     inputs = {}  # operands in order of first use (a dict: ordered, no duplicates)
     for n in body:
@@ -323,7 +331,7 @@ def make_kernel(part: _Partition, g) -> Node:
             if part.producer.get(v) not in inside:
                 inputs.setdefault(v)
     inputs = list(inputs)
-    outputs = part.outputs_of(nodes)
+    outputs = part.outputs_of(nodes, part.needs[g])
     attrs = {}
     if len(nodes) == 1 and nodes[0] not in part.loopable:
         kind = "gemm" if nodes[0].op == "matmul" else "opaque"

@@ -15,8 +15,7 @@ index, `reshape` keeps the map of its input: reshapes are free inside kernels.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import cached_property
+from dataclasses import dataclass, field
 from math import prod
 
 from ...ir.ops import PRIMITIVES
@@ -39,18 +38,15 @@ class Space:
     shape: tuple
     split: int
 
-    # computed once: fusion asks a candidate kernel's space for them at every value it maps
-    @cached_property
-    def R(self) -> int:
-        return prod(self.shape[:self.split])
+    R: int = field(init=False, repr=False, compare=False)  # prod(shape[:split])
+    C: int = field(init=False, repr=False, compare=False)  # prod(shape[split:])
 
-    @cached_property
-    def C(self) -> int:
-        return prod(self.shape[self.split:])
-
-    @cached_property
-    def _numel(self) -> dict:
-        return {FULL: self.R * self.C, COL: self.R, ROW: self.C, SCALAR: 1}
+    def __post_init__(self):
+        # computed once: fusion asks a candidate kernel's space at every value it maps
+        object.__setattr__(self, "R", prod(self.shape[:self.split]))
+        object.__setattr__(self, "C", prod(self.shape[self.split:]))
+        object.__setattr__(self, "_numel", {FULL: self.R * self.C, COL: self.R, ROW: self.C,
+                                            SCALAR: 1})
 
     def numel(self, m: str) -> int:
         return self._numel[m]
