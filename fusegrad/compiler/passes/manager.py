@@ -81,6 +81,7 @@ class _Run:
     def __init__(self, graph: Graph, dump_dir, verify_each: bool):
         self.verify_each = verify_each
         self.index = 0
+        self.results: dict = {}  # (pass, input Graph) -> output Graph
         self.dir = None
         if dump_dir:
             self.dir = Path(dump_dir) / (re.sub(r"[^A-Za-z0-9_.-]+", "_", graph.name) or "graph")
@@ -113,12 +114,22 @@ class _Run:
                         break
                     graph = after
                 continue
-            after = p(graph)
-            if not isinstance(after, Graph):
-                raise TypeError(f"pass {name!r} returned {type(after).__name__}, not a Graph")
-            self.record(name, graph, after)
-            graph = after
+            graph = self.apply(name, p, graph)
         return graph
+
+    def apply(self, name: str, p: Pass, graph: Graph) -> Graph:
+        """p(graph), verified and dumped. A pass is a deterministic function of the graph, so
+        one already run on this very Graph object is not run again (a group given back the
+        graph it has just brought to a fixed point, as after a layout that changed nothing,
+        costs nothing); when dumping, every stage is run and written as listed."""
+        if self.dir is None and (p, graph) in self.results:
+            return self.results[p, graph]
+        after = p(graph)
+        if not isinstance(after, Graph):
+            raise TypeError(f"pass {name!r} returned {type(after).__name__}, not a Graph")
+        self.record(name, graph, after)
+        self.results[p, graph] = after
+        return after
 
 
 def run_passes(graph: Graph, pipeline=None, dump_dir=None, verify=None) -> Graph:
