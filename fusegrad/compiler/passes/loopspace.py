@@ -169,8 +169,10 @@ def infer_maps(nodes, space: Space, inputs=()) -> tuple[dict, dict]:
             assign(n.out, fit[2])
     # seed: values shaped like the space
     shape = tuple(space.shape)
+    values = set()
     for n in nodes:
         for v in (*n.inputs, *n.outputs):
+            values.add(v)
             if v in maps:
                 continue
             if v.type.shape == shape:
@@ -178,6 +180,9 @@ def infer_maps(nodes, space: Space, inputs=()) -> tuple[dict, dict]:
             elif v.type.size == 1:
                 assign(v, SCALAR)
     propagating = [n for n in nodes if n not in reductions and n.op not in ("constant", "iota")]
+    # an operand no map can broadcast from its use (seen while propagating; the check after
+    # finds it again, with its message)
+    unmappable = False
     changed = True
     while changed:
         changed = False
@@ -197,14 +202,20 @@ def infer_maps(nodes, space: Space, inputs=()) -> tuple[dict, dict]:
                     in_shape = v.type.shape
                     want = m if in_shape == out_shape else broadcast_map(m, in_shape, out_shape,
                                                                          space)
-                    if want is not None and known(v) != want:  # else assign changes nothing
+                    if want is None:
+                        unmappable = True
+                    elif known(v) != want:  # else assign changes nothing
                         changed |= assign(v, want)
             else:
                 out_shape = out.type.shape
                 for v in n.inputs:
                     if v in maps and v.type.shape == out_shape:
                         changed |= assign(out, maps[v])
-    _check_maps(nodes, maps, space)
+    # The last round changed nothing, so every operand of a node with a map already has the
+    # map that node's use needs (assign raised otherwise) unless it is unmappable: the full
+    # check is needed only then, for a value without a map, or for an iota's index.
+    if unmappable or len(maps) < len(values) or any(n.op == "iota" for n in nodes):
+        _check_maps(nodes, maps, space)
     return maps, reductions
 
 
