@@ -21,6 +21,7 @@ of becoming kernels of their own.
 from __future__ import annotations
 
 import heapq
+from typing import NamedTuple
 
 from ...ir import Attrs, Graph, Node, Var
 from ...ir.structure import structure_digest
@@ -52,6 +53,20 @@ def _is_free(node, free_vars) -> bool:
         return True
     return (is_loop_op(node) and node.op not in REDUCTIONS and node.out.type.size == 1
             and all(v in free_vars or v.type.size == 1 for v in node.inputs))
+
+
+class _Facts(NamedTuple):
+    """What try_merge asks of a group's nodes, kept per group and merged with it."""
+
+    all_loopable: bool
+    writes_aliased: bool  # writes a parameter or optimizer state
+    guard_needs: bool  # the guard value (the loss) depends on it
+    recomputed: bool  # a backward copy of forward nodes (passes/remat.py)
+    forward: bool  # in the forward part
+
+    def merge(self, other: "_Facts") -> "_Facts":
+        return _Facts(self.all_loopable and other.all_loopable,
+                      *(a or b for a, b in zip(self[1:], other[1:])))
 
 
 class _Partition:
@@ -100,6 +115,7 @@ class _Partition:
         # when it was formed (a merge's closure is the union of the two)
         self.needs = {g: self._single_needs(n) for n, g in self.group.items()}
         self.plans = {self.group[n]: self._single_plan(n) for n in self.loopable}
+        self.facts = {g: self._facts(n) for n, g in self.group.items()}
         # the kernel graph, in a topological order: groups are its vertices (numbered by their
         # first node), free nodes are vertices of their own
         self.order = MergeableDag(map(self._vertex, self.nodes), self._edges())
@@ -148,18 +164,25 @@ class _Partition:
         """The kernel's nodes in a canonical order: members in graph order, each recomputed
         free node (`free`: their closure) placed just before its first use, so identical
         layers print identically."""
-        order, placed = [], set()
-
-        def place(n):
-            for v in n.inputs:
-                p = self.producer.get(v)
-                if p in free and p not in placed:
-                    placed.add(p)
-                    place(p)
-            order.append(n)
-
+        order = []
+        if not free:
+            order.extend(sorted(nodes, key=self.index.__getitem__))
+            return order
+        producer, placed = self.producer.get, set()
         for n in sorted(nodes, key=self.index.__getitem__):
-            place(n)
+            # depth first through the free producers of n's operands, in operand order
+            stack = [(n, iter(n.inputs))]
+            while stack:
+                node, operands = stack[-1]
+                for v in operands:
+                    p = producer(v)
+                    if p in free and p not in placed:
+                        placed.add(p)
+                        stack.append((p, iter(p.inputs)))
+                        break
+                else:
+                    stack.pop()
+                    order.append(node)
         return order
 
     def outputs_of(self, nodes, free):
@@ -189,16 +212,19 @@ class _Partition:
             return None
         return space, maps, reductions
 
+    def _facts(self, n) -> _Facts:
+        return _Facts(n in self.loopable, any(v in self.aliased for v in n.outputs),
+                      n in self.guard_cone, n in self.recomputed, n.part == "forward")
+
     def try_merge(self, ga, gb) -> bool:
         if ga == gb:
             return False
-        nodes = sorted(self.members[ga] + self.members[gb], key=self.index.__getitem__)
-        if not all(n in self.loopable for n in nodes):
+        facts = self.facts[ga].merge(self.facts[gb])
+        if not facts.all_loopable:
             return False
-        if self.aliased & {v for n in nodes for v in n.outputs} and \
-                any(n in self.guard_cone for n in nodes):
+        if facts.writes_aliased and facts.guard_needs:
             return False
-        if any(n in self.recomputed for n in nodes) and any(n.part == "forward" for n in nodes):
+        if facts.recomputed and facts.forward:
             return False
         # merging two kernels must not make the one need a value that itself needs the other
         # (other kernels are atomic: reaching any of their nodes needs all of their outputs);
@@ -206,13 +232,14 @@ class _Partition:
         merge = self.order.merge_plan(ga, gb)
         if merge is None:
             return False
+        nodes = sorted(self.members[ga] + self.members[gb], key=self.index.__getitem__)
         free = self.needs[ga] | self.needs[gb]
         plan = self.loop_plan(nodes, free)
         if plan is None:
             return False
         self.order.contract(merge)
-        self.plans[ga], self.needs[ga] = plan, free
-        del self.plans[gb], self.needs[gb]
+        self.plans[ga], self.needs[ga], self.facts[ga] = plan, free, facts
+        del self.plans[gb], self.needs[gb], self.facts[gb]
         for n in self.members[gb]:
             self.group[n] = ga
         self.members[ga] = nodes

@@ -130,14 +130,32 @@ def region_maps(kernel) -> dict:
     return maps
 
 
-class _MapsCache(dict):
-    """region_maps per kernel, computed once per plan (a kernel is asked about each output)."""
+class _MapsCache:
+    """region_maps per kernel for one plan (a kernel is asked about each output), inferred
+    once per structure: kernels with the same name (the same structure: ir/structure.py) and
+    the same value types, as in identical layers, have the same maps, value for value."""
+
+    def __init__(self):
+        self.by_kernel: dict = {}  # kernel node -> {Var: map}
+        self.by_structure: dict = {}  # (name, value types) -> maps in value order
 
     def __call__(self, kernel) -> dict:
-        maps = self.get(kernel)
+        maps = self.by_kernel.get(kernel)
         if maps is None:
-            maps = self[kernel] = region_maps(kernel)
+            values = _region_values(kernel.region)
+            key = (kernel.attrs["name"], tuple(v.type for v in values))
+            in_order = self.by_structure.get(key)
+            if in_order is None:
+                found = region_maps(kernel)
+                in_order = self.by_structure[key] = [found.get(v) for v in values]
+            maps = self.by_kernel[kernel] = {
+                v: m for v, m in zip(values, in_order) if m is not None}
         return maps
+
+
+def _region_values(region) -> list:
+    """A (flat) region's values in definition order."""
+    return [*region.inputs, *(v for n in region.nodes for v in n.outputs)]
 
 
 def _readers(graph):
