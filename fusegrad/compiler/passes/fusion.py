@@ -69,6 +69,14 @@ class _Facts(NamedTuple):
                       *(a or b for a, b in zip(self[1:], other[1:])))
 
 
+class LoopPlan(NamedTuple):
+    space: Space
+    maps: dict  # Var -> index map (loopspace.infer_maps)
+    reductions: dict  # reduction node -> "row" | "col"
+    body: list  # the kernel's nodes (_Partition.body)
+    outputs: list  # its values needed elsewhere (_Partition.outputs_of)
+
+
 class _Partition:
     def __init__(self, graph: Graph, guard=None):
         self.graph = graph
@@ -137,11 +145,12 @@ class _Partition:
                          and n.op != "constant" and self._single_plan(n) is not None}
 
     def _single_plan(self, n):
-        """loop_plan([n]), computed again only when the free nodes it needs have changed (the
-        free set shrinks while __init__ settles it; nothing else the plan reads changes)."""
-        need = frozenset(self.closure([n]))
+        """loop_plan([n]), computed again only when the free nodes it needs have changed: the
+        free set only shrinks while __init__ settles it, so a closure all still free is still
+        the closure (and nothing else the plan reads changes)."""
         known = self._single_plans.get(n)
-        if known is None or known[0] != need:
+        if known is None or not known[0] <= self.free:
+            need = frozenset(self.closure([n]))
             known = self._single_plans[n] = (need, self.loop_plan([n], need))
         return known[1]
 
@@ -192,9 +201,8 @@ class _Partition:
         return [v for n in nodes for v in n.outputs
                 if v in self.outputs or any(u not in inside for u in self.users.get(v, ()))]
 
-    def loop_plan(self, nodes, free):
-        """(space, maps, reductions) if `nodes` (`free`: their closure) can form one loop
-        kernel, else None."""
+    def loop_plan(self, nodes, free) -> LoopPlan | None:
+        """How `nodes` (`free`: their closure) run as one loop kernel, or None if they cannot."""
         body = self.body(nodes, free)
         outs = self.outputs_of(nodes, free)
         space = space_for(body, outs or [body[-1].out])
@@ -210,7 +218,7 @@ class _Partition:
         # a per-column value computed in the row loop would be rewritten by every row
         if any(maps[v] == ROW and v not in after_col for v in outs):
             return None
-        return space, maps, reductions
+        return LoopPlan(space, maps, reductions, body, outs)
 
     def _facts(self, n) -> _Facts:
         return _Facts(n in self.loopable, any(v in self.aliased for v in n.outputs),
@@ -350,7 +358,8 @@ def structural_name(kind, region: Graph) -> str:
 def make_kernel(part: _Partition, g) -> Node:
     """The kernel node of group `g`."""
     nodes = part.members[g]
-    body = part.body(nodes, part.needs[g])
+    plan = part.plans.get(g)  # loop kernels: body and outputs as their last merge found them
+    body = plan.body if plan else part.body(nodes, part.needs[g])
     inside = set(body)
     inputs = {}  # operands in order of first use (a dict: ordered, no duplicates)
     for n in body:
@@ -358,12 +367,12 @@ def make_kernel(part: _Partition, g) -> Node:
             if part.producer.get(v) not in inside:
                 inputs.setdefault(v)
     inputs = list(inputs)
-    outputs = part.outputs_of(nodes, part.needs[g])
+    outputs = plan.outputs if plan else part.outputs_of(nodes, part.needs[g])
     attrs = {}
     if len(nodes) == 1 and nodes[0] not in part.loopable:
         kind = "gemm" if nodes[0].op == "matmul" else "opaque"
     else:
-        space, _, reductions = part.plans[g]
+        space, reductions = plan.space, plan.reductions
         kinds = set(reductions.values())
         kind = {frozenset(): "elementwise", frozenset({"row"}): "row",
                 frozenset({"col"}): "column"}.get(frozenset(kinds), "row+column")
