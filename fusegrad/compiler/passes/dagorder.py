@@ -136,26 +136,33 @@ class MergeableDag:
     def _place(self, moved: list, anchor, after: bool) -> None:
         """Give `moved` (out of `taken`, in order) the positions in the gap just after (or
         before) `anchor`'s, renumbering everything first if that gap is too small."""
-        position, taken, n = self.position, self.taken, len(moved)
+        position, n = self.position, len(moved)
         if not moved:
             return
-        for _ in range(2):
-            k = bisect_left(taken, position[anchor])
-            if after:
-                start = taken[k]
-                end = taken[k + 1] if k + 1 < len(taken) else start + (n + 1) * SPACING
-            else:
-                end = taken[k]
-                start = taken[k - 1] if k > 0 else end - (n + 1) * SPACING
-            step = (end - start) // (n + 1)
-            if step > 0:
-                break
+        k, start, step = self._gap(anchor, n, after)
+        if step == 0:  # used up: renumber the others (SPACING apart leaves room for all)
             gone = set(moved)
             self._renumber(sorted((v for v in position if v not in gone),
                                   key=position.__getitem__))
+            k, start, step = self._gap(anchor, n, after)
+            assert step > 0, "SPACING must exceed the number of vertices"
         new = [start + i * step for i in range(1, n + 1)]
         position.update(zip(moved, new))
-        taken[k + 1 if after else k:k + 1 if after else k] = new
+        self.taken[k + 1 if after else k:k + 1 if after else k] = new
+
+    def _gap(self, anchor, n: int, after: bool):
+        """(index of anchor's position in taken, the position n new ones follow, the step
+        between them) for n positions just after (or before) anchor's; the step is 0 when the
+        gap is too small."""
+        taken = self.taken
+        k = bisect_left(taken, self.position[anchor])
+        if after:
+            start = taken[k]
+            end = taken[k + 1] if k + 1 < len(taken) else start + (n + 1) * SPACING
+        else:
+            end = taken[k]
+            start = taken[k - 1] if k > 0 else end - (n + 1) * SPACING
+        return k, start, (end - start) // (n + 1)
 
 
 def _first_to_finish(*walks):
