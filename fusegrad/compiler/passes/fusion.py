@@ -201,13 +201,15 @@ class _Partition:
         return [v for n in nodes for v in n.outputs
                 if v in self.outputs or any(u not in inside for u in self.users.get(v, ()))]
 
-    def loop_plan(self, nodes, free) -> LoopPlan | None:
-        """How `nodes` (`free`: their closure) run as one loop kernel, or None if they cannot."""
+    def loop_plan(self, nodes, free, parts=()) -> LoopPlan | None:
+        """How `nodes` (`free`: their closure) run as one loop kernel, or None if they cannot.
+        `parts`: the plans of groups they are the union of, if any."""
         body = self.body(nodes, free)
         outs = self.outputs_of(nodes, free)
         space = space_for(body, outs or [body[-1].out])
         try:
-            maps, reductions = infer_maps(body, space)
+            maps, reductions = (_joined_maps(space, parts, body) if parts else None) or \
+                infer_maps(body, space)
         except MapConflict:
             return None
         after_col = _downstream_of(body, [n for n, k in reductions.items() if k == "col"])
@@ -242,7 +244,7 @@ class _Partition:
             return False
         nodes = sorted(self.members[ga] + self.members[gb], key=self.index.__getitem__)
         free = self.needs[ga] | self.needs[gb]
-        plan = self.loop_plan(nodes, free)
+        plan = self.loop_plan(nodes, free, (self.plans[ga], self.plans[gb]))
         if plan is None:
             return False
         self.order.contract(merge)
@@ -326,6 +328,32 @@ def _topological(deps, key) -> list:
     if len(order) != len(deps):  # pragma: no cover  (merges never create cycles)
         raise RuntimeError("fusion produced a cycle between kernels")
     return order
+
+
+def _joined_maps(space, parts, body):
+    """The index maps and reductions of `body`, the union of loop kernels with plans `parts`,
+    reusing theirs where that finds what infer_maps(body, space) would; None where it cannot.
+
+    In a space where R, C, R*C and 1 all differ, a value's element count fixes its map, so a
+    part planned in this same space already has the maps every rule of infer_maps would give
+    its values in the union, and met every constraint of its nodes (each constraint is one
+    node's). Only the other nodes are inferred, starting from those maps: a merge costs the
+    size of what joins a kernel, not of the kernel."""
+    if space.R == 1 or space.C == 1 or space.R == space.C:
+        return None
+    same = [p for p in parts if p.space == space]
+    if not same:
+        return None
+    maps, reductions = {}, {}
+    for p in same:
+        maps.update(p.maps)
+        reductions.update(p.reductions)
+    if len(same) < len(parts):
+        planned = {n for p in same for n in p.body}
+        rest = [n for n in body if n not in planned]
+        maps, more = infer_maps(rest, space, known=maps)
+        reductions.update(more)
+    return maps, reductions
 
 
 def _downstream_of(body, reductions):

@@ -129,17 +129,18 @@ class MapConflict(Exception):
     pass
 
 
-def infer_maps(nodes, space: Space, inputs=()) -> tuple[dict, dict]:
+def infer_maps(nodes, space: Space, inputs=(), known=None) -> tuple[dict, dict]:
     """Assign a map to every value of `nodes` (a kernel body in topological order).
 
     Returns (maps: Var -> map, reductions: node -> 'row' | 'col'). Raises MapConflict when the
     nodes cannot share the space. Propagates both ways until nothing changes: outputs to inputs
     through broadcasting, inputs to outputs where shapes are equal, reshape both ways.
+    `known`: maps to start from (fusion: those of the rest of a kernel; returned with them).
     (Fusion runs this for every candidate merge: the loops keep their lookups local.)
     """
     if space.split < 0:
         raise MapConflict("reduction over axes that are neither leading nor trailing")
-    maps: dict = {}
+    maps: dict = dict(known) if known else {}
     reductions: dict = {}
     numel = space._numel
     # two different maps address the same elements only when R or C is 1
@@ -214,7 +215,8 @@ def infer_maps(nodes, space: Space, inputs=()) -> tuple[dict, dict]:
     # The last round changed nothing, so every operand of a node with a map already has the
     # map that node's use needs (assign raised otherwise) unless it is unmappable: the full
     # check is needed only then, for a value without a map, or for an iota's index.
-    if unmappable or len(maps) < len(values) or any(n.op == "iota" for n in nodes):
+    unmapped = any(v not in maps for v in values) if known else len(maps) < len(values)
+    if unmappable or unmapped or any(n.op == "iota" for n in nodes):
         _check_maps(nodes, maps, space)
     return maps, reductions
 
