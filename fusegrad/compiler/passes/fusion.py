@@ -75,6 +75,7 @@ class LoopPlan(NamedTuple):
     reductions: dict  # reduction node -> "row" | "col"
     body: list  # the kernel's nodes (_Partition.body)
     outputs: list  # its values needed elsewhere (_Partition.outputs_of)
+    reducers: list  # its reduction nodes, in body order
 
 
 class _Partition:
@@ -201,18 +202,76 @@ class _Partition:
         return [v for n in nodes for v in n.outputs
                 if v in self.outputs or any(u not in inside for u in self.users.get(v, ()))]
 
-    def loop_plan(self, nodes, free, parts=()) -> LoopPlan | None:
-        """How `nodes` (`free`: their closure) run as one loop kernel, or None if they cannot.
-        `parts`: the plans of groups they are the union of, if any."""
+    def loop_plan(self, nodes, free) -> LoopPlan | None:
+        """How `nodes` (`free`: their closure) run as one loop kernel, or None if they cannot."""
         body = self.body(nodes, free)
-        outs = self.outputs_of(nodes, free)
-        space = space_for(body, outs or [body[-1].out])
+        return self._plan(body, [n for n in body if n.op in REDUCTIONS],
+                          self.outputs_of(nodes, free))
+
+    def union_plan(self, ga, gb, nodes, free) -> LoopPlan | None:
+        """loop_plan(nodes, free) for the union of groups ga and gb, from their plans.
+
+        A kernel grows one node at a time, so planning every merge from scratch costs the
+        square of its size. When one group's nodes all come before the other's, the union's
+        body is the first body followed by the second less the free nodes the first already
+        computes, its reductions theirs in that order, and its outputs theirs less what the
+        other now reads (see _union_outputs); the index maps are joined (_joined_maps). Else,
+        from scratch."""
+        first, second = self._in_order(ga, gb)
+        if first is None:
+            body = self.body(nodes, free)
+            reducers = [n for n in body if n.op in REDUCTIONS]
+            outs = self.outputs_of(nodes, free)
+        else:
+            p, q = self.plans[first], self.plans[second]
+            shared = self.needs[first]
+            body = p.body + [n for n in q.body if n not in shared]
+            reducers = p.reducers + q.reducers
+            outs = self._union_outputs(first, second, free)
+        return self._plan(body, reducers, outs, (ga, gb))
+
+    def _in_order(self, ga, gb):
+        """(first, second) when all of one group's nodes come before the other's, else
+        (None, None)."""
+        index, a, b = self.index, self.members[ga], self.members[gb]
+        if index[a[-1]] < index[b[0]]:
+            return ga, gb
+        if index[b[-1]] < index[a[0]]:
+            return gb, ga
+        return None, None
+
+    def _union_outputs(self, first, second, free) -> list:
+        """outputs_of the union of two groups, first's before second's: each group's outputs
+        less those now read only inside the union. A value of the larger group can only stop
+        being an output if the smaller group (or a free node it recomputes) reads it, so only
+        those are looked at again: the cost is the smaller group's."""
+        inside = (first, second)
+
+        def needed(v):
+            return v in self.outputs or any(self.group.get(u) not in inside and u not in free
+                                            for u in self.users.get(v, ()))
+
+        small = min(inside, key=lambda g: len(self.members[g]))
+        read = {v for n in (*self.members[small], *self.needs[small]) for v in n.inputs}
+        outs = []
+        for g in inside:
+            if g == small:
+                outs += [v for v in self.plans[g].outputs if needed(v)]
+            else:
+                outs += [v for v in self.plans[g].outputs if v not in read or needed(v)]
+        return outs
+
+    def _plan(self, body, reducers, outs, parts=None) -> LoopPlan | None:
+        """The rest of loop_plan: space, index maps, and the checks on column reductions.
+        `parts`: the two groups a union comes from (their maps are reused)."""
+        space = space_for(body, outs or [body[-1].out], reducers)
         try:
-            maps, reductions = (_joined_maps(space, parts, body) if parts else None) or \
+            maps, reductions = (parts and self._joined_maps(space, *parts)) or \
                 infer_maps(body, space)
         except MapConflict:
             return None
-        after_col = _downstream_of(body, [n for n, k in reductions.items() if k == "col"])
+        cols = [n for n, k in reductions.items() if k == "col"]
+        after_col = _downstream_of(body, cols) if cols else set()
         # a column reduction is complete only after the last row: what follows it is computed
         # in the combine pass, which has one index (j) and cannot produce per-row values
         if any(maps[v] in (FULL, COL) for v in after_col):
@@ -220,7 +279,34 @@ class _Partition:
         # a per-column value computed in the row loop would be rewritten by every row
         if any(maps[v] == ROW and v not in after_col for v in outs):
             return None
-        return LoopPlan(space, maps, reductions, body, outs)
+        return LoopPlan(space, maps, reductions, body, outs, reducers)
+
+    def _joined_maps(self, space, ga, gb):
+        """The index maps and reductions of the union of groups ga and gb in `space`, reusing
+        theirs where that finds what infer_maps on the union's body would; None where it
+        cannot.
+
+        In a space where R, C, R*C and 1 all differ, a value's element count fixes its map, so
+        a group planned in this same space already has the maps every rule of infer_maps would
+        give its values in the union, and met every constraint of its nodes (each constraint
+        is one node's). Only the other group's nodes are inferred, starting from those maps:
+        a merge costs the size of what joins a kernel, not of the kernel."""
+        if space.R == 1 or space.C == 1 or space.R == space.C:
+            return None
+        same = [g for g in (ga, gb) if self.plans[g].space == space]
+        if not same:
+            return None
+        maps, reductions = {}, {}
+        for g in same:
+            maps.update(self.plans[g].maps)
+            reductions.update(self.plans[g].reductions)
+        if len(same) == 1:
+            (g,) = same
+            known = self.needs[g]  # (and g's members: the other's body has none of them)
+            rest = [n for n in self.plans[gb if g == ga else ga].body if n not in known]
+            maps, more = infer_maps(rest, space, known=maps)
+            reductions.update(more)
+        return maps, reductions
 
     def _facts(self, n) -> _Facts:
         return _Facts(n in self.loopable, any(v in self.aliased for v in n.outputs),
@@ -244,7 +330,7 @@ class _Partition:
             return False
         nodes = sorted(self.members[ga] + self.members[gb], key=self.index.__getitem__)
         free = self.needs[ga] | self.needs[gb]
-        plan = self.loop_plan(nodes, free, (self.plans[ga], self.plans[gb]))
+        plan = self.union_plan(ga, gb, nodes, free)
         if plan is None:
             return False
         self.order.contract(merge)
@@ -328,32 +414,6 @@ def _topological(deps, key) -> list:
     if len(order) != len(deps):  # pragma: no cover  (merges never create cycles)
         raise RuntimeError("fusion produced a cycle between kernels")
     return order
-
-
-def _joined_maps(space, parts, body):
-    """The index maps and reductions of `body`, the union of loop kernels with plans `parts`,
-    reusing theirs where that finds what infer_maps(body, space) would; None where it cannot.
-
-    In a space where R, C, R*C and 1 all differ, a value's element count fixes its map, so a
-    part planned in this same space already has the maps every rule of infer_maps would give
-    its values in the union, and met every constraint of its nodes (each constraint is one
-    node's). Only the other nodes are inferred, starting from those maps: a merge costs the
-    size of what joins a kernel, not of the kernel."""
-    if space.R == 1 or space.C == 1 or space.R == space.C:
-        return None
-    same = [p for p in parts if p.space == space]
-    if not same:
-        return None
-    maps, reductions = {}, {}
-    for p in same:
-        maps.update(p.maps)
-        reductions.update(p.reductions)
-    if len(same) < len(parts):
-        planned = {n for p in same for n in p.body}
-        rest = [n for n in body if n not in planned]
-        maps, more = infer_maps(rest, space, known=maps)
-        reductions.update(more)
-    return maps, reductions
 
 
 def _downstream_of(body, reductions):

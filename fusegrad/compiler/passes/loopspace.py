@@ -103,11 +103,13 @@ def reduction_kind(node, space):
     return None
 
 
-def space_for(nodes, values_out) -> Space:
+def space_for(nodes, values_out, reductions=None) -> Space:
     """The space of a candidate kernel: set by its largest reduction if it has one (split where
     the reduced axes begin or end), else by its largest output (split before the last axis,
-    so the innermost loop runs over contiguous memory)."""
-    reductions = [n for n in nodes if n.op in REDUCTIONS]
+    so the innermost loop runs over contiguous memory). `reductions`: the reduction nodes
+    among `nodes`, in order, if the caller knows them."""
+    if reductions is None:
+        reductions = [n for n in nodes if n.op in REDUCTIONS]
     if reductions:
         biggest = max(reductions, key=lambda n: n.inputs[0].type.size)
         shape = tuple(biggest.inputs[0].shape)
