@@ -8,7 +8,8 @@ verifier after every pass and a numbered text dump of every pass's output on req
 A pipeline entry is `(name, pass)` or `(name, FixedPoint(entries..., max_rounds=n))`: a group run
 again and again until a whole round changes nothing (every pass returns the very Graph it was
 given when it has nothing to do) or n rounds have run. Passes inside a group are verified and
-dumped one by one like the others, so a failure or a surprise is pinned to one pass.
+dumped one by one like the others, so a failure or a surprise is pinned to one pass. Passes must
+be deterministic: one is not run twice on the same Graph object (unless dumping).
 
 Every pass must keep the graph's calling convention: the same input Vars with their names and
 roles, as many outputs with the same names and types, and the same aliases. The manager checks
