@@ -6,7 +6,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .dtypes import as_dtype, short_name
+from .dtypes import DTYPES, as_dtype, short_name
+
+
+_ITEMSIZE = {d: np.dtype(d).itemsize for d in DTYPES}
 
 
 class ShapeError(ValueError):
@@ -24,18 +27,16 @@ class TensorType:
         if any(s < 0 for s in shape):
             raise ShapeError(f"negative dimension in shape {shape}")
         object.__setattr__(self, "shape", shape)
+        # an attribute, not a property: fusion asks ~100k times a program
+        object.__setattr__(self, "size", math.prod(shape))  # exact Python ints
 
     @property
     def ndim(self) -> int:
         return len(self.shape)
 
     @property
-    def size(self) -> int:
-        return math.prod(self.shape)  # exact Python ints; fusion asks ~100k times a program
-
-    @property
     def nbytes(self) -> int:
-        return self.size * np.dtype(self.dtype).itemsize
+        return self.size * _ITEMSIZE[self.dtype]
 
     def with_shape(self, shape) -> "TensorType":
         return TensorType(self.dtype, tuple(shape))

@@ -17,14 +17,20 @@ grouping of the update kernels. A merge must keep one consistent index map per v
 column reductions. Scalar constants, iotas and scalar-only arithmetic (bias corrections from
 the step counter) are cheap, so they are recomputed inside every kernel that needs them instead
 of becoming kernels of their own.
+
+The whole partition costs time linear in the graph: the cycle check walks only between the two
+kernels in a maintained topological order (dagorder.py), and a merge's loop plan is built from
+the two groups' plans (union_plan), so a kernel growing one node at a time does not cost the
+square of its size.
 """
 from __future__ import annotations
 
-import hashlib
-import re
+import heapq
+from typing import NamedTuple
 
 from ...ir import Attrs, Graph, Node, Var
-from ...ir.printer import format_graph
+from ...ir.structure import structure_digest
+from .dagorder import MergeableDag
 from .remat import recomputed_nodes
 from .loopspace import (COL, FULL, REDUCTIONS, ROW, MapConflict, Space, infer_maps,
                         is_loop_op, space_for)
@@ -54,6 +60,29 @@ def _is_free(node, free_vars) -> bool:
             and all(v in free_vars or v.type.size == 1 for v in node.inputs))
 
 
+class _Facts(NamedTuple):
+    """What try_merge asks of a group's nodes, kept per group and merged with it."""
+
+    all_loopable: bool
+    writes_aliased: bool  # writes a parameter or optimizer state
+    guard_needs: bool  # the guard value (the loss) depends on it
+    recomputed: bool  # a backward copy of forward nodes (passes/remat.py)
+    forward: bool  # in the forward part
+
+    def merge(self, other: "_Facts") -> "_Facts":
+        return _Facts(self.all_loopable and other.all_loopable,
+                      *(a or b for a, b in zip(self[1:], other[1:])))
+
+
+class LoopPlan(NamedTuple):
+    space: Space
+    maps: dict  # Var -> index map (loopspace.infer_maps)
+    reductions: dict  # reduction node -> "row" | "col"
+    body: list  # the kernel's nodes (_Partition.body)
+    outputs: list  # its values needed elsewhere (_Partition.outputs_of)
+    reducers: list  # its reduction nodes, in body order
+
+
 class _Partition:
     def __init__(self, graph: Graph, guard=None):
         self.graph = graph
@@ -78,6 +107,7 @@ class _Partition:
                 stack.extend(p.inputs)
         free_vars: set = set()
         self.free = set()
+        self._single_plans: dict = {}  # node -> (the free nodes it needs, its loop plan)
         for n in self.nodes:
             if _is_free(n, free_vars):
                 self.free.add(n)
@@ -95,12 +125,44 @@ class _Partition:
                     changed = True
         self.group = {n: i for i, n in enumerate(self.nodes) if n not in self.free}
         self.members = {i: [n] for n, i in self.group.items()}
+        # each group's closure(members), and each loop group's loop_plan(members), as found
+        # when it was formed (a merge's closure is the union of the two)
+        self.needs = {g: self._single_needs(n) for n, g in self.group.items()}
+        self.plans = {self.group[n]: self._single_plan(n) for n in self.loopable}
+        self.facts = {g: self._facts(n) for n, g in self.group.items()}
+        # the kernel graph, in a topological order: groups are its vertices (numbered by their
+        # first node), free nodes are vertices of their own
+        self.order = MergeableDag(map(self._vertex, self.nodes), self._edges())
+
+    def _vertex(self, node):
+        return self.group.get(node, node)
+
+    def _edges(self):
+        for n in self.nodes:
+            for v in n.inputs:
+                p = self.producer.get(v)
+                if p is not None:
+                    yield self._vertex(p), self._vertex(n)
 
     def _find_loopable(self):
         # loop nodes that can form a kernel on their own (an operand broadcast that is not a
         # 2-D map, e.g. (3,1,4) into (3,5,4), makes the node an opaque kernel instead)
         self.loopable = {n for n in self.nodes if n not in self.free and is_loop_op(n)
-                         and n.op != "constant" and self.loop_plan([n]) is not None}
+                         and n.op != "constant" and self._single_plan(n) is not None}
+
+    def _single_plan(self, n):
+        """loop_plan([n]), computed again only when the free nodes it needs have changed: the
+        free set only shrinks while __init__ settles it, so a closure all still free is still
+        the closure (and nothing else the plan reads changes)."""
+        known = self._single_plans.get(n)
+        if known is None or not known[0] <= self.free:
+            need = frozenset(self.closure([n]))
+            known = self._single_plans[n] = (need, self.loop_plan([n], need))
+        return known[1]
+
+    def _single_needs(self, n):
+        known = self._single_plans.get(n)  # a loop node's closure is known from its plan
+        return known[0] if known is not None else frozenset(self.closure([n]))
 
     # ---- legality ----
     def closure(self, nodes):
@@ -113,41 +175,108 @@ class _Partition:
                 stack.extend(p.inputs)
         return need
 
-    def body(self, nodes):
+    def body(self, nodes, free):
         """The kernel's nodes in a canonical order: members in graph order, each recomputed
-        free node placed just before its first use, so identical layers print identically."""
-        free = self.closure(nodes)
-        order, placed = [], set()
-
-        def place(n):
-            for v in n.inputs:
-                p = self.producer.get(v)
-                if p in free and p not in placed:
-                    placed.add(p)
-                    place(p)
-            order.append(n)
-
+        free node (`free`: their closure) placed just before its first use, so identical
+        layers print identically."""
+        order = []
+        if not free:
+            order.extend(sorted(nodes, key=self.index.__getitem__))
+            return order
+        producer, placed = self.producer.get, set()
         for n in sorted(nodes, key=self.index.__getitem__):
-            place(n)
+            # depth first through the free producers of n's operands, in operand order
+            stack = [(n, iter(n.inputs))]
+            while stack:
+                node, operands = stack[-1]
+                for v in operands:
+                    p = producer(v)
+                    if p in free and p not in placed:
+                        placed.add(p)
+                        stack.append((p, iter(p.inputs)))
+                        break
+                else:
+                    stack.pop()
+                    order.append(node)
         return order
 
-    def outputs_of(self, nodes):
+    def outputs_of(self, nodes, free):
         """Values of `nodes` needed elsewhere: graph outputs, and values read outside the
         kernel's body (a free node recomputed in another kernel counts as outside)."""
-        inside = set(nodes) | self.closure(nodes)
+        inside = set(nodes) | free
         return [v for n in nodes for v in n.outputs
                 if v in self.outputs or any(u not in inside for u in self.users.get(v, ()))]
 
-    def loop_plan(self, nodes):
-        """(space, maps, reductions) if `nodes` can form one loop kernel, else None."""
-        body = self.body(nodes)
-        outs = self.outputs_of(nodes)
-        space = space_for(body, outs or [body[-1].out])
+    def loop_plan(self, nodes, free) -> LoopPlan | None:
+        """How `nodes` (`free`: their closure) run as one loop kernel, or None if they cannot."""
+        body = self.body(nodes, free)
+        return self._plan(body, [n for n in body if n.op in REDUCTIONS],
+                          self.outputs_of(nodes, free))
+
+    def union_plan(self, ga, gb, nodes, free) -> LoopPlan | None:
+        """loop_plan(nodes, free) for the union of groups ga and gb, from their plans.
+
+        A kernel grows one node at a time, so planning every merge from scratch costs the
+        square of its size. When one group's nodes all come before the other's, the union's
+        body is the first body followed by the second less the free nodes the first already
+        computes, its reductions theirs in that order, and its outputs theirs less what the
+        other now reads (see _union_outputs); the index maps are joined (_joined_maps). Else,
+        from scratch."""
+        first, second = self._in_order(ga, gb)
+        if first is None:
+            body = self.body(nodes, free)
+            reducers = [n for n in body if n.op in REDUCTIONS]
+            outs = self.outputs_of(nodes, free)
+        else:
+            p, q = self.plans[first], self.plans[second]
+            shared = self.needs[first]
+            body = p.body + [n for n in q.body if n not in shared]
+            reducers = p.reducers + q.reducers
+            outs = self._union_outputs(first, second, free)
+        return self._plan(body, reducers, outs, (ga, gb))
+
+    def _in_order(self, ga, gb):
+        """(first, second) when all of one group's nodes come before the other's, else
+        (None, None)."""
+        index, a, b = self.index, self.members[ga], self.members[gb]
+        if index[a[-1]] < index[b[0]]:
+            return ga, gb
+        if index[b[-1]] < index[a[0]]:
+            return gb, ga
+        return None, None
+
+    def _union_outputs(self, first, second, free) -> list:
+        """outputs_of the union of two groups, first's before second's: each group's outputs
+        less those now read only inside the union. A value of the larger group can only stop
+        being an output if the smaller group (or a free node it recomputes) reads it, so only
+        those are looked at again: the cost is the smaller group's."""
+        inside = (first, second)
+
+        def needed(v):
+            return v in self.outputs or any(self.group.get(u) not in inside and u not in free
+                                            for u in self.users.get(v, ()))
+
+        small = min(inside, key=lambda g: len(self.members[g]))
+        read = {v for n in (*self.members[small], *self.needs[small]) for v in n.inputs}
+        outs = []
+        for g in inside:
+            if g == small:
+                outs += [v for v in self.plans[g].outputs if needed(v)]
+            else:
+                outs += [v for v in self.plans[g].outputs if v not in read or needed(v)]
+        return outs
+
+    def _plan(self, body, reducers, outs, parts=None) -> LoopPlan | None:
+        """The rest of loop_plan: space, index maps, and the checks on column reductions.
+        `parts`: the two groups a union comes from (their maps are reused)."""
+        space = space_for(body, outs or [body[-1].out], reducers)
         try:
-            maps, reductions = infer_maps(body, space)
+            maps, reductions = (parts and self._joined_maps(space, *parts)) or \
+                infer_maps(body, space)
         except MapConflict:
             return None
-        after_col = _downstream_of(body, [n for n, k in reductions.items() if k == "col"])
+        cols = [n for n, k in reductions.items() if k == "col"]
+        after_col = _downstream_of(body, cols) if cols else set()
         # a column reduction is complete only after the last row: what follows it is computed
         # in the combine pass, which has one index (j) and cannot produce per-row values
         if any(maps[v] in (FULL, COL) for v in after_col):
@@ -155,44 +284,63 @@ class _Partition:
         # a per-column value computed in the row loop would be rewritten by every row
         if any(maps[v] == ROW and v not in after_col for v in outs):
             return None
-        return space, maps, reductions
+        return LoopPlan(space, maps, reductions, body, outs, reducers)
 
-    def creates_cycle(self, nodes) -> bool:
-        """Would running `nodes` as one kernel need a value that itself needs the kernel? Other
-        kernels are atomic: reaching any of their nodes means depending on all of their outputs."""
-        inside = set(nodes)
-        groups_inside = {self.group[n] for n in nodes}
-        stack = [u for n in nodes for v in n.outputs for u in self.users.get(v, ())
-                 if u not in inside]
-        seen = set()
-        while stack:
-            u = stack.pop()
-            if u in inside:
-                return True
-            g = self.group.get(u)
-            key = ("g", g) if g is not None else ("n", u)
-            if key in seen:
-                continue
-            seen.add(key)
-            if g is not None and g in groups_inside:
-                return True
-            members = self.members[g] if g is not None else [u]
-            stack.extend(w for m in members for v in m.outputs for w in self.users.get(v, ()))
-        return False
+    def _joined_maps(self, space, ga, gb):
+        """The index maps and reductions of the union of groups ga and gb in `space`, reusing
+        theirs where that finds what infer_maps on the union's body would; None where it
+        cannot.
+
+        In a space where R, C, R*C and 1 all differ, a value's element count fixes its map, so
+        a group planned in this same space already has the maps every rule of infer_maps would
+        give its values in the union, and met every constraint of its nodes (each constraint
+        is one node's). Only the other group's nodes are inferred, starting from those maps:
+        a merge costs the size of what joins a kernel, not of the kernel."""
+        if space.R == 1 or space.C == 1 or space.R == space.C:
+            return None
+        same = [g for g in (ga, gb) if self.plans[g].space == space]
+        if not same:
+            return None
+        maps, reductions = {}, {}
+        for g in same:
+            maps.update(self.plans[g].maps)
+            reductions.update(self.plans[g].reductions)
+        if len(same) == 1:
+            (g,) = same
+            known = self.needs[g]  # (and g's members: the other's body has none of them)
+            rest = [n for n in self.plans[gb if g == ga else ga].body if n not in known]
+            maps, more = infer_maps(rest, space, known=maps)
+            reductions.update(more)
+        return maps, reductions
+
+    def _facts(self, n) -> _Facts:
+        return _Facts(n in self.loopable, any(v in self.aliased for v in n.outputs),
+                      n in self.guard_cone, n in self.recomputed, n.part == "forward")
 
     def try_merge(self, ga, gb) -> bool:
         if ga == gb:
             return False
+        facts = self.facts[ga].merge(self.facts[gb])
+        if not facts.all_loopable:
+            return False
+        if facts.writes_aliased and facts.guard_needs:
+            return False
+        if facts.recomputed and facts.forward:
+            return False
+        # merging two kernels must not make the one need a value that itself needs the other
+        # (other kernels are atomic: reaching any of their nodes needs all of their outputs);
+        # checked first: it is cheaper than the loop plan and fails more often
+        merge = self.order.merge_plan(ga, gb)
+        if merge is None:
+            return False
         nodes = sorted(self.members[ga] + self.members[gb], key=self.index.__getitem__)
-        if not all(n in self.loopable for n in nodes):
+        free = self.needs[ga] | self.needs[gb]
+        plan = self.union_plan(ga, gb, nodes, free)
+        if plan is None:
             return False
-        if self.aliased & {v for n in nodes for v in n.outputs} and \
-                any(n in self.guard_cone for n in nodes):
-            return False
-        if any(n in self.recomputed for n in nodes) and any(n.part == "forward" for n in nodes):
-            return False
-        if self.loop_plan(nodes) is None or self.creates_cycle(nodes):
-            return False
+        self.order.contract(merge)
+        self.plans[ga], self.needs[ga], self.facts[ga] = plan, free, facts
+        del self.plans[gb], self.needs[gb], self.facts[gb]
         for n in self.members[gb]:
             self.group[n] = ga
         self.members[ga] = nodes
@@ -218,10 +366,11 @@ class _Partition:
                     self.try_merge(readers[0], g)
 
     def groups_in_order(self):
-        """Kernels in a topological order of their dependencies, earliest first."""
+        """Kernels in a topological order of their dependencies: of the kernels whose inputs
+        are ready, always the one whose first node comes first in the graph."""
         deps = {g: set() for g in self.members}
         for g, nodes in self.members.items():
-            for n in self.body(nodes):
+            for n in (*nodes, *self.needs[g]):
                 for v in n.inputs:
                     p = self.producer.get(v)
                     if p is not None and p in self.group and self.group[p] != g:
@@ -229,35 +378,47 @@ class _Partition:
         guard = self.producer.get(self.guard)
         if guard in self.group:
             first = self.group[guard]
+            # what the guard's kernel needs does not change as writers are made to wait for it
+            # (they wait only if it does not need them)
+            needed = _needed_by(deps, first)
             for g, nodes in self.members.items():
                 writes = any(v in self.aliased for n in nodes for v in n.outputs)
-                if writes and g != first and not _reaches(deps, first, g):
+                if writes and g != first and g not in needed:
                     deps[g].add(first)
-        order, done = [], set()
-        pending = sorted(self.members, key=lambda g: self.index[self.members[g][0]])
-        while pending:
-            for g in pending:
-                if deps[g] <= done:
-                    order.append(g)
-                    done.add(g)
-                    pending.remove(g)
-                    break
-            else:  # pragma: no cover  (merges never create cycles)
-                raise RuntimeError("fusion produced a cycle between kernels")
-        return order
+        return _topological(deps, key=lambda g: self.index[self.members[g][0]])
 
 
-def _reaches(deps, start, target) -> bool:
-    """Does group `start` depend, directly or not, on group `target`?"""
-    stack, seen = [start], set()
+def _needed_by(deps, start) -> set:
+    """The groups `start` depends on, directly or not."""
+    stack, seen = list(deps[start]), set()
     while stack:
         g = stack.pop()
-        if g == target:
-            return True
         if g not in seen:
             seen.add(g)
             stack.extend(deps[g])
-    return False
+    return seen
+
+
+def _topological(deps, key) -> list:
+    """Kahn's algorithm, taking the ready group of least `key` at every step."""
+    waiting = {g: len(d) for g, d in deps.items()}
+    dependents: dict = {g: [] for g in deps}
+    for g, d in deps.items():
+        for h in d:
+            dependents[h].append(g)
+    ready = [(key(g), g) for g, n in waiting.items() if n == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        _, g = heapq.heappop(ready)
+        order.append(g)
+        for h in dependents[g]:
+            waiting[h] -= 1
+            if waiting[h] == 0:
+                heapq.heappush(ready, (key(h), h))
+    if len(order) != len(deps):  # pragma: no cover  (merges never create cycles)
+        raise RuntimeError("fusion produced a cycle between kernels")
+    return order
 
 
 def _downstream_of(body, reductions):
@@ -282,41 +443,33 @@ def _clone_region(nodes, inputs, outputs, name) -> Graph:
 
 
 def structural_name(kind, region: Graph) -> str:
-    """Kernels with the same structure (ops, attrs, dtypes, ranks) share a name and code."""
-    text = format_graph(region)
-    digest = hashlib.sha1(f"{kind}\n{_strip_sizes(text)}".encode()).hexdigest()[:10]
-    return f"{kind.replace('+', '')}_{digest}"
+    """Kernels with the same structure (ops, attrs, dtypes, ranks: ir/structure.py) share a
+    name and code."""
+    return f"{kind.replace('+', '')}_{structure_digest(region, salt=kind)}"
 
 
-def _strip_sizes(text: str) -> str:
-    """Kernel text without what the generated code takes as arguments: sizes and constants."""
-    text = re.sub(r"#.*", "", text)
-    text = re.sub(r"constant\[value=[^\]]*\]", "constant", text)
-    text = re.sub(r"[ \t]+", " ", text)  # column padding depends on the widest type
-    # shape-valued attributes (reshape/broadcast targets, iota and slice sizes) are sizes too
-    text = re.sub(r"\b(shape|sizes|starts|output_size|dim_size)=(\([^)]*\)|\d+)", r"\1=?", text)
-    return re.sub(r"\[(\d+(,\d+)*)?\]", lambda m: f"[rank{len(m.group(0).split(','))}]", text)
-
-
-def make_kernel(part: _Partition, nodes, kind=None) -> Node:
-    body = part.body(nodes)
+def make_kernel(part: _Partition, g) -> Node:
+    """The kernel node of group `g`."""
+    nodes = part.members[g]
+    plan = part.plans.get(g)  # loop kernels: body and outputs as their last merge found them
+    body = plan.body if plan else part.body(nodes, part.needs[g])
     inside = set(body)
-    inputs = []
+    inputs = {}  # operands in order of first use (a dict: ordered, no duplicates)
     for n in body:
         for v in n.inputs:
-            if part.producer.get(v) not in inside and v not in inputs:
-                inputs.append(v)
-    outputs = part.outputs_of(nodes)
+            if part.producer.get(v) not in inside:
+                inputs.setdefault(v)
+    inputs = list(inputs)
+    outputs = plan.outputs if plan else part.outputs_of(nodes, part.needs[g])
     attrs = {}
-    if kind is None:
-        if len(nodes) == 1 and nodes[0] not in part.loopable:
-            kind = "gemm" if nodes[0].op == "matmul" else "opaque"
-        else:
-            space, _, reductions = part.loop_plan(nodes)
-            kinds = set(reductions.values())
-            kind = {frozenset(): "elementwise", frozenset({"row"}): "row",
-                    frozenset({"col"}): "column"}.get(frozenset(kinds), "row+column")
-            attrs.update(space=space.shape, split=space.split)
+    if len(nodes) == 1 and nodes[0] not in part.loopable:
+        kind = "gemm" if nodes[0].op == "matmul" else "opaque"
+    else:
+        space, reductions = plan.space, plan.reductions
+        kinds = set(reductions.values())
+        kind = {frozenset(): "elementwise", frozenset({"row"}): "row",
+                frozenset({"col"}): "column"}.get(frozenset(kinds), "row+column")
+        attrs.update(space=space.shape, split=space.split)
     region = _clone_region(body, inputs, outputs, "region")
     flops = sum(_flops(n) for n in body)
     moved = sum(v.type.nbytes for v in (*inputs, *outputs))
@@ -340,7 +493,7 @@ def fuse(graph: Graph, multi_tensor: bool = True, guard: int | None = None) -> G
                 lone.op == "reshape" and part.producer.get(lone.inputs[0]) not in part.free)):
             kernels.append(lone)  # data, or a view of a buffer: no code runs
         else:
-            kernels.append(make_kernel(part, nodes))
+            kernels.append(make_kernel(part, g))
     if multi_tensor:
         kernels = _group_updates(kernels)
     return graph.replace(nodes=tuple(kernels))
@@ -359,21 +512,21 @@ def _group_updates(kernels):
     position = kernels.index(independent[-1])
     # every independent update kernel may move to the position of the last one: nothing
     # between reads their outputs (only kernels after the last one can)
-    later_inputs = {v for k in kernels[:position] if k not in independent for v in k.inputs}
+    moving = set(independent)
+    later_inputs = {v for k in kernels[:position] if k not in moving for v in k.inputs}
     group = [k for k in independent if not any(v in later_inputs for v in k.outputs)]
     if len(group) < 2:
         return kernels
-    inputs, outputs = [], []
-    for k in group:
-        inputs += [v for v in k.inputs if v not in inputs]
-        outputs += list(k.outputs)
+    inputs = list(dict.fromkeys(v for k in group for v in k.inputs))  # in order, once each
+    outputs = [v for k in group for v in k.outputs]
     inner = Graph(tuple(inputs), tuple(group), tuple(outputs), name="region")
     region = _clone_region(inner.nodes, inputs, outputs, "region")
     attrs = Attrs(kind="multi", flops=sum(k.attrs["flops"] for k in group),
                   bytes=sum(v.type.nbytes for v in (*inputs, *outputs)),
                   name=structural_name("multi", region))
     multi = Node("kernel", tuple(inputs), tuple(outputs), attrs, None, "update", region)
-    rest = [k for k in kernels if k not in group]
+    grouped = set(group)
+    rest = [k for k in kernels if k not in grouped]
     rest.insert(rest.index(kernels[position + 1]) if position + 1 < len(kernels) else len(rest),
                 multi)
     return rest

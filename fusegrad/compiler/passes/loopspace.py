@@ -15,7 +15,7 @@ index, `reshape` keeps the map of its input: reshapes are free inside kernels.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from math import prod
 
 from ...ir.ops import PRIMITIVES
@@ -38,16 +38,18 @@ class Space:
     shape: tuple
     split: int
 
-    @property
-    def R(self) -> int:
-        return prod(self.shape[:self.split])
+    R: int = field(init=False, repr=False, compare=False)  # prod(shape[:split])
+    C: int = field(init=False, repr=False, compare=False)  # prod(shape[split:])
 
-    @property
-    def C(self) -> int:
-        return prod(self.shape[self.split:])
+    def __post_init__(self):
+        # computed once: fusion asks a candidate kernel's space at every value it maps
+        object.__setattr__(self, "R", prod(self.shape[:self.split]))
+        object.__setattr__(self, "C", prod(self.shape[self.split:]))
+        object.__setattr__(self, "_numel", {FULL: self.R * self.C, COL: self.R, ROW: self.C,
+                                            SCALAR: 1})
 
     def numel(self, m: str) -> int:
-        return {FULL: self.R * self.C, COL: self.R, ROW: self.C, SCALAR: 1}[m]
+        return self._numel[m]
 
     def __str__(self):
         return f"{self.R}x{self.C}"
@@ -101,11 +103,13 @@ def reduction_kind(node, space):
     return None
 
 
-def space_for(nodes, values_out) -> Space:
+def space_for(nodes, values_out, reductions=None) -> Space:
     """The space of a candidate kernel: set by its largest reduction if it has one (split where
     the reduced axes begin or end), else by its largest output (split before the last axis,
-    so the innermost loop runs over contiguous memory)."""
-    reductions = [n for n in nodes if n.op in REDUCTIONS]
+    so the innermost loop runs over contiguous memory). `reductions`: the reduction nodes
+    among `nodes`, in order, if the caller knows them."""
+    if reductions is None:
+        reductions = [n for n in nodes if n.op in REDUCTIONS]
     if reductions:
         biggest = max(reductions, key=lambda n: n.inputs[0].type.size)
         shape = tuple(biggest.inputs[0].shape)
@@ -127,28 +131,34 @@ class MapConflict(Exception):
     pass
 
 
-def infer_maps(nodes, space: Space, inputs=()) -> tuple[dict, dict]:
+def infer_maps(nodes, space: Space, inputs=(), known=None) -> tuple[dict, dict]:
     """Assign a map to every value of `nodes` (a kernel body in topological order).
 
     Returns (maps: Var -> map, reductions: node -> 'row' | 'col'). Raises MapConflict when the
     nodes cannot share the space. Propagates both ways until nothing changes: outputs to inputs
     through broadcasting, inputs to outputs where shapes are equal, reshape both ways.
+    `known`: maps to start from (fusion: those of the rest of a kernel; returned with them).
+    (Fusion runs this for every candidate merge: the loops keep their lookups local.)
     """
     if space.split < 0:
         raise MapConflict("reduction over axes that are neither leading nor trailing")
-    maps: dict = {}
+    maps: dict = dict(known) if known else {}
     reductions: dict = {}
+    numel = space._numel
+    # two different maps address the same elements only when R or C is 1
+    degenerate = space.R == 1 or space.C == 1
+    known = maps.get
 
     def assign(v, m):
         if m is None:
             return False
-        old = maps.get(v)
+        old = known(v)
         if old is None:
-            if v.type.size != space.numel(m):
+            if v.type.size != numel[m]:
                 raise MapConflict(f"{v.type} cannot be {m} in space {space}")
             maps[v] = m
             return True
-        if old != m and not _equivalent(old, m, space):
+        if old != m and not (degenerate and _equivalent(old, m, space)):
             raise MapConflict(f"{v.type} is both {old} and {m}")
         return False
 
@@ -161,18 +171,25 @@ def infer_maps(nodes, space: Space, inputs=()) -> tuple[dict, dict]:
             assign(n.inputs[0], fit[1])
             assign(n.out, fit[2])
     # seed: values shaped like the space
+    shape = tuple(space.shape)
+    values = set()
     for n in nodes:
         for v in (*n.inputs, *n.outputs):
-            if tuple(v.shape) == tuple(space.shape) and v not in maps:
+            values.add(v)
+            if v in maps:
+                continue
+            if v.type.shape == shape:
                 assign(v, FULL)
-            elif v.type.size == 1 and v not in maps:
+            elif v.type.size == 1:
                 assign(v, SCALAR)
+    propagating = [n for n in nodes if n not in reductions and n.op not in ("constant", "iota")]
+    # an operand no map can broadcast from its use (seen while propagating; the check after
+    # finds it again, with its message)
+    unmappable = False
     changed = True
     while changed:
         changed = False
-        for n in nodes:
-            if n in reductions:
-                continue
+        for n in propagating:
             out = n.out
             if n.op == "reshape":
                 src = n.inputs[0]
@@ -181,27 +198,48 @@ def infer_maps(nodes, space: Space, inputs=()) -> tuple[dict, dict]:
                 if src in maps:
                     changed |= assign(out, maps[src])
                 continue
-            if n.op in ("constant", "iota"):
-                continue
-            if out in maps:
+            m = known(out)
+            if m is not None:
+                out_shape = out.type.shape
                 for v in n.inputs:
-                    changed |= assign(v, broadcast_map(maps[out], v.shape, out.shape, space))
+                    in_shape = v.type.shape
+                    want = m if in_shape == out_shape else broadcast_map(m, in_shape, out_shape,
+                                                                         space)
+                    if want is None:
+                        unmappable = True
+                    elif known(v) != want:  # else assign changes nothing
+                        changed |= assign(v, want)
             else:
+                out_shape = out.type.shape
                 for v in n.inputs:
-                    if v in maps and tuple(v.shape) == tuple(out.shape):
+                    if v in maps and v.type.shape == out_shape:
                         changed |= assign(out, maps[v])
+    # The last round changed nothing, so every operand of a node with a map already has the
+    # map that node's use needs (assign raised otherwise) unless it is unmappable: the full
+    # check is needed only then, for a value without a map, or for an iota's index.
+    unmapped = any(v not in maps for v in values) if known else len(maps) < len(values)
+    if unmappable or unmapped or any(n.op == "iota" for n in nodes):
+        _check_maps(nodes, maps, space)
+    return maps, reductions
+
+
+def _check_maps(nodes, maps, space) -> None:
+    """Every value has a map, every operand the map its use needs: else MapConflict."""
+    degenerate = space.R == 1 or space.C == 1
     for n in nodes:
         for v in (*n.inputs, *n.outputs):
             if v not in maps:
                 raise MapConflict(f"no map for {v.type} (used by {n.op})")
         if n.op not in REDUCTIONS and n.op != "reshape" and n.op not in ("constant", "iota"):
+            m, out_shape = maps[n.out], n.out.type.shape
             for v in n.inputs:
-                want = broadcast_map(maps[n.out], v.shape, n.out.shape, space)
-                if want is None or (want != maps[v] and not _equivalent(want, maps[v], space)):
+                in_shape = v.type.shape
+                want = m if in_shape == out_shape else broadcast_map(m, in_shape, out_shape, space)
+                if want is None or (want != maps[v] and not (
+                        degenerate and _equivalent(want, maps[v], space))):
                     raise MapConflict(f"{n.op}: operand {v.type} is {maps[v]}, needs {want}")
         if n.op == "iota" and iota_index(n, maps[n.out], space) is None:
             raise MapConflict(f"iota along axis {n.attrs['axis']} is not i or j here")
-    return maps, reductions
 
 
 def _equivalent(a, b, space) -> bool:

@@ -8,7 +8,8 @@ verifier after every pass and a numbered text dump of every pass's output on req
 A pipeline entry is `(name, pass)` or `(name, FixedPoint(entries..., max_rounds=n))`: a group run
 again and again until a whole round changes nothing (every pass returns the very Graph it was
 given when it has nothing to do) or n rounds have run. Passes inside a group are verified and
-dumped one by one like the others, so a failure or a surprise is pinned to one pass.
+dumped one by one like the others, so a failure or a surprise is pinned to one pass. Passes must
+be deterministic: one is not run twice on the same Graph object (unless dumping).
 
 Every pass must keep the graph's calling convention: the same input Vars with their names and
 roles, as many outputs with the same names and types, and the same aliases. The manager checks
@@ -81,6 +82,7 @@ class _Run:
     def __init__(self, graph: Graph, dump_dir, verify_each: bool):
         self.verify_each = verify_each
         self.index = 0
+        self.results: dict = {}  # (pass, input Graph) -> output Graph
         self.dir = None
         if dump_dir:
             self.dir = Path(dump_dir) / (re.sub(r"[^A-Za-z0-9_.-]+", "_", graph.name) or "graph")
@@ -113,12 +115,22 @@ class _Run:
                         break
                     graph = after
                 continue
-            after = p(graph)
-            if not isinstance(after, Graph):
-                raise TypeError(f"pass {name!r} returned {type(after).__name__}, not a Graph")
-            self.record(name, graph, after)
-            graph = after
+            graph = self.apply(name, p, graph)
         return graph
+
+    def apply(self, name: str, p: Pass, graph: Graph) -> Graph:
+        """p(graph), verified and dumped. A pass is a deterministic function of the graph, so
+        one already run on this very Graph object is not run again (a group given back the
+        graph it has just brought to a fixed point, as after a layout that changed nothing,
+        costs nothing); when dumping, every stage is run and written as listed."""
+        if self.dir is None and (p, graph) in self.results:
+            return self.results[p, graph]
+        after = p(graph)
+        if not isinstance(after, Graph):
+            raise TypeError(f"pass {name!r} returned {type(after).__name__}, not a Graph")
+        self.record(name, graph, after)
+        self.results[p, graph] = after
+        return after
 
 
 def run_passes(graph: Graph, pipeline=None, dump_dir=None, verify=None) -> Graph:

@@ -12,6 +12,10 @@ allocates nothing.
 """
 from __future__ import annotations
 
+import bisect
+import heapq
+import itertools
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -99,23 +103,59 @@ def _count_region_vars(region) -> int:
     return k
 
 
-def can_overwrite(kernel, inp, out) -> bool:
+def can_overwrite(kernel, inp, out, maps_of=None) -> bool:
     """May `kernel` write `out` into the storage of its operand `inp`? Yes when each element of
     inp is read at the same loop index that writes the same element of out (same index map,
-    size and dtype), so the generated loop reads it before it overwrites it."""
+    size and dtype), so the generated loop reads it before it overwrites it.
+    `maps_of(kernel)`: its region's index maps, if the caller keeps them (default: inferred)."""
     if inp.type.size != out.type.size or inp.type.dtype != out.type.dtype:
         return False
     kind = kernel.attrs["kind"]
     region = kernel.region
     inner = dict(zip(kernel.inputs, region.inputs)) | dict(zip(kernel.outputs, region.outputs))
     if kind in IN_PLACE_KINDS:
-        maps, _ = infer_maps(region.nodes, space_for(region.nodes, region.outputs))
+        maps = (maps_of or region_maps)(kernel)
         return maps.get(inner[inp]) is not None and maps.get(inner[inp]) == maps.get(inner[out])
     if kind == "multi":  # only the part that writes out may read inp
         writer = next(n for n in region.nodes if inner[out] in n.outputs)
         readers = [n for n in region.nodes if inner[inp] in n.inputs]
-        return readers == [writer] and can_overwrite(writer, inner[inp], inner[out])
+        return readers == [writer] and can_overwrite(writer, inner[inp], inner[out], maps_of)
     return False
+
+
+def region_maps(kernel) -> dict:
+    """The index map of every value of a loop kernel's region."""
+    region = kernel.region
+    maps, _ = infer_maps(region.nodes, space_for(region.nodes, region.outputs))
+    return maps
+
+
+class _MapsCache:
+    """region_maps per kernel for one plan (a kernel is asked about each output), inferred
+    once per structure: kernels with the same name (the same structure: ir/structure.py) and
+    the same value types, as in identical layers, have the same maps, value for value."""
+
+    def __init__(self):
+        self.by_kernel: dict = {}  # kernel node -> {Var: map}
+        self.by_structure: dict = {}  # (name, value types) -> maps in value order
+
+    def __call__(self, kernel) -> dict:
+        maps = self.by_kernel.get(kernel)
+        if maps is None:
+            values = _region_values(kernel.region)
+            key = (kernel.attrs["name"], tuple(v.type for v in values))
+            in_order = self.by_structure.get(key)
+            if in_order is None:
+                found = region_maps(kernel)
+                in_order = self.by_structure[key] = [found.get(v) for v in values]
+            maps = self.by_kernel[kernel] = {
+                v: m for v, m in zip(values, in_order) if m is not None}
+        return maps
+
+
+def _region_values(region) -> list:
+    """A (flat) region's values in definition order."""
+    return [*region.inputs, *(v for n in region.nodes for v in n.outputs)]
 
 
 def _readers(graph):
@@ -158,21 +198,16 @@ def plan_memory(graph) -> MemoryPlan:
         output_of_input.setdefault(graph.outputs[o], i)
 
     buffers: list[Buffer] = []
-    free: list[Buffer] = []
-    live: dict = {}  # buffer -> last kernel index its current value is read at
+    free = _FreeBuffers()
+    live = _LiveBuffers()
+    maps_of = _MapsCache()
     in_place, copies_back = [], []
     naive = 0
-
-    def release(k):
-        for b, last in list(live.items()):
-            if last < k:
-                del live[b]
-                free.append(b)
 
     for k, n in enumerate(nodes):
         if n.op != "kernel":
             continue
-        release(k)
+        free.extend(live.release_before(k))
         taken = set()
         for v in n.outputs:
             naive += _aligned(v.type.nbytes)
@@ -182,29 +217,26 @@ def plan_memory(graph) -> MemoryPlan:
                 param = graph.inputs[i]
                 later = [r for r in reads.get(param, []) if r > k]
                 read_here = k in reads.get(param, [])
-                if not later and (not read_here or can_overwrite(n, param, v)):
+                if not later and (not read_here or can_overwrite(n, param, v, maps_of)):
                     storage[v] = ("input", i)
                     continue
-            donor = _in_place_donor(n, v, owners_last, storage, k, root, taken)
+            donor = _in_place_donor(n, v, owners_last, storage, k, root, taken, maps_of)
             if donor is not None:
                 b = storage[donor][1]
                 taken.add(b)
                 storage[v] = ("arena", b)
                 b.values.append((v, k, last))
-                live[b] = last
+                live.hold(b, last)
                 in_place.append((k, donor, v))
                 continue
             size = _aligned(v.type.nbytes)
-            fits = [b for b in free if b.nbytes >= size]
-            if fits:
-                b = min(fits, key=lambda b: b.nbytes)
-                free.remove(b)
-            else:
+            b = free.take(size)
+            if b is None:
                 b = Buffer(len(buffers), size)
                 buffers.append(b)
             storage[v] = ("arena", b)
             b.values.append((v, k, last))
-            live[b] = last
+            live.hold(b, last)
     # aliased outputs not written in place (read later, or the same value replacing two inputs)
     for o, i in graph.aliases:
         if storage.get(graph.outputs[o]) != ("input", i):
@@ -216,7 +248,65 @@ def plan_memory(graph) -> MemoryPlan:
     return MemoryPlan(graph, storage, buffers, naive, in_place, copies_back)
 
 
-def _in_place_donor(node, out, owners_last, storage, k, root, taken):
+class _LiveBuffers:
+    """Buffers holding a value still to be read, each with the last kernel that reads it.
+
+    Released in the order they were taken (a buffer whose value is replaced in place keeps its
+    turn): the free list's order decides ties between equally good buffers. A heap finds the
+    buffers to release without looking at every live one at every kernel."""
+
+    def __init__(self):
+        self.last: dict = {}  # buffer -> last reader; insertion order = order taken
+        self.turn: dict = {}  # buffer -> when it was taken
+        self.heap: list = []  # (last reader, turn, buffer index, buffer); stale entries skipped
+        self.turns = itertools.count()
+
+    def hold(self, b: Buffer, last: int) -> None:
+        if b not in self.last:
+            self.turn[b] = next(self.turns)
+        self.last[b] = last
+        heapq.heappush(self.heap, (last, self.turn[b], b.index, b))
+
+    def release_before(self, k: int) -> list:
+        """The buffers whose last reader runs before kernel k, in the order they were taken."""
+        done = []
+        while self.heap and self.heap[0][0] < k:
+            last, turn, _, b = heapq.heappop(self.heap)
+            if self.last.get(b) == last and self.turn[b] == turn:  # else a stale entry
+                done.append((turn, b))
+                del self.last[b], self.turn[b]
+        return [b for _, b in sorted(done, key=lambda e: e[0])]
+
+
+class _FreeBuffers:
+    """Free buffers by size: take(size) is the smallest that fits, the one freed first among
+    equals (a best-fit search over the list of free buffers, without the search)."""
+
+    def __init__(self):
+        self.by_size: dict = {}  # nbytes -> deque of buffers, in the order freed
+        self.sizes: list = []  # the nbytes with a free buffer, ascending
+
+    def extend(self, buffers) -> None:
+        for b in buffers:
+            queue = self.by_size.get(b.nbytes)
+            if queue is None:
+                queue = self.by_size[b.nbytes] = deque()
+                bisect.insort(self.sizes, b.nbytes)
+            queue.append(b)
+
+    def take(self, size: int) -> Buffer | None:
+        i = bisect.bisect_left(self.sizes, size)
+        if i == len(self.sizes):
+            return None
+        nbytes = self.sizes[i]
+        queue = self.by_size[nbytes]
+        b = queue.popleft()
+        if not queue:
+            del self.by_size[nbytes], self.sizes[i]
+        return b
+
+
+def _in_place_donor(node, out, owners_last, storage, k, root, taken, maps_of):
     """An input of `node` that dies here and whose arena buffer `out` may take over."""
     if node.attrs["kind"] not in IN_PLACE_KINDS + ("multi",):
         return None
@@ -224,7 +314,7 @@ def _in_place_donor(node, out, owners_last, storage, k, root, taken):
         st = storage.get(v)
         if st is None or st[0] != "arena" or root.get(v, v) is not v:
             continue
-        if owners_last.get(v) != k or st[1] in taken or not can_overwrite(node, v, out):
+        if owners_last.get(v) != k or st[1] in taken or not can_overwrite(node, v, out, maps_of):
             continue
         return v
     return None

@@ -94,8 +94,9 @@ class Rewriter:
 
     def substituted(self, node: Node) -> Node:
         """`node` with its inputs substituted (the same object when none changed)."""
-        inputs = tuple(self[v] for v in node.inputs)
-        if all(a is b for a, b in zip(inputs, node.inputs)):
+        get = self.subst.get
+        inputs = tuple([get(v, v) for v in node.inputs])
+        if inputs == node.inputs:  # Vars compare by identity
             return node
         return Node(node.op, inputs, node.outputs, node.attrs, node.loc, node.part, node.region)
 
