@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import base64
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -92,7 +92,11 @@ class CompiledProgram:
 
     # ---- JSON (the program cache's format: data only, nothing is executed on load) ----
     def to_json(self) -> str:
-        d = asdict(self)
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["kernels"] = [[k.name, k.text] for k in self.kernels]
+        d["entries"] = [[e.kernel, e.args, e.nargs, e.what, e.check] for e in self.entries]
+        d["inputs"] = [[i.name, list(i.shape), i.dtype, i.written] for i in self.inputs]
+        d["outputs"] = [[o.kind, o.index, list(o.shape), o.dtype] for o in self.outputs]
         d["format"] = FORMAT
         d["constants"] = [{"dtype": c.dtype.name, "shape": list(c.shape),
                            "data": base64.b64encode(np.ascontiguousarray(c).tobytes()).decode()}
@@ -104,12 +108,12 @@ class CompiledProgram:
         d = json.loads(text)
         if d.pop("format", None) != FORMAT:
             raise ValueError("a compiled program of another format")
-        d["kernels"] = [Kernel(**k) for k in d["kernels"]]
-        d["entries"] = [Entry(**e) for e in d["entries"]]
-        d["inputs"] = [Input(i["name"], tuple(i["shape"]), i["dtype"], i["written"])
-                       for i in d["inputs"]]
-        d["outputs"] = [Output(o["kind"], o["index"], tuple(o["shape"]), o["dtype"])
-                        for o in d["outputs"]]
+        d["kernels"] = [Kernel(*k) for k in d["kernels"]]
+        d["entries"] = [Entry(*e) for e in d["entries"]]
+        d["inputs"] = [Input(name, tuple(shape), dtype, written)
+                       for name, shape, dtype, written in d["inputs"]]
+        d["outputs"] = [Output(kind, index, tuple(shape), dtype)
+                        for kind, index, shape, dtype in d["outputs"]]
         d["constants"] = [np.frombuffer(base64.b64decode(c["data"]), c["dtype"]).reshape(
             c["shape"]).copy() for c in d["constants"]]
         return cls(**d)

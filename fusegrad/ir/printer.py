@@ -83,10 +83,22 @@ def _format_body(graph, names, indent, lines, annotate, bind=None, parts=None):
 
 
 def var_names(graph) -> dict:
-    """The %N name the printer gives every Var of `graph`, regions included."""
-    names = _Names()
-    format_graph(graph, _names=names)
-    return names.names
+    """The %N name the printer gives every Var of `graph`, regions included (the printer's
+    order: inputs, then each node's outputs followed by its region's values), without
+    printing anything."""
+    names: dict = {}
+    _number(graph, names)
+    return names
+
+
+def _number(graph, names):
+    for v in graph.inputs:
+        names[v] = f"%{len(names)}"
+    for node in graph.nodes:
+        for v in node.outputs:
+            names[v] = f"%{len(names)}"
+        if node.region is not None:
+            _number(node.region, names)
 
 
 def format_graph(graph, annotate=None, parts=None, _names=None) -> str:
