@@ -13,10 +13,14 @@ import numpy as np
 from .dtypes import to_numpy
 from .ops import window_output_size
 
-try:  # scipy is a dependency of the package, but the IR layer should not insist on it
-    from scipy.special import erf as _erf
-except ImportError:  # pragma: no cover
-    _erf = np.vectorize(math.erf, otypes=[np.float64])
+def _erf(x):
+    """erf by SciPy when present (imported on first use: it costs a fifth of a second, and most
+    programs never need it); else math.erf element by element."""
+    try:
+        from scipy.special import erf
+    except ImportError:  # pragma: no cover - scipy is a dependency, but ir should not insist
+        erf = np.vectorize(math.erf, otypes=[np.float64])
+    return erf(x)
 
 
 def _sigmoid(x):

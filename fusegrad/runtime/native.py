@@ -39,6 +39,29 @@ def _capsule_address(capsule) -> int:
     return get_pointer(capsule, get_name(capsule))
 
 
+def _scipy_blas() -> dict:
+    """Addresses of SciPy's sgemm/dgemm (Fortran interface, 32-bit integers, as Numba's np.dot
+    uses). From the OpenBLAS library SciPy's wheels bundle, found by its file name, without
+    importing scipy.linalg (a tenth of a second at every start); else from scipy.linalg's
+    cython_blas, whatever BLAS this SciPy was built with."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("scipy")
+    if spec is not None and spec.submodule_search_locations:
+        libs = Path(list(spec.submodule_search_locations)[0]).parent / "scipy.libs"
+        for path in sorted(libs.glob("libscipy_openblas*.so*")):
+            try:
+                lib = ctypes.CDLL(str(path))
+                return {name: ctypes.cast(getattr(lib, f"scipy_{name}_"), ctypes.c_void_p).value
+                        for name in ("sgemm", "dgemm")}
+            except (OSError, AttributeError):
+                continue
+    from scipy.linalg import cython_blas
+
+    return {name: _capsule_address(cython_blas.__pyx_capi__[name]) for name in ("sgemm", "dgemm")}
+
+
 @lru_cache(maxsize=None)
 def _bind_symbols() -> bool:
     """libm and libc for LLVM's math and memory calls, SciPy's BLAS under fusegrad's names."""
@@ -46,10 +69,8 @@ def _bind_symbols() -> bool:
         path = ctypes.util.find_library(lib)
         if path:
             llvm.load_library_permanently(path)
-    from scipy.linalg import cython_blas
-
-    for ours, theirs in (("fusegrad_sgemm", "sgemm"), ("fusegrad_dgemm", "dgemm")):
-        llvm.add_symbol(ours, _capsule_address(cython_blas.__pyx_capi__[theirs]))
+    for name, address in _scipy_blas().items():
+        llvm.add_symbol(f"fusegrad_{name}", address)
     return True
 
 
