@@ -9,12 +9,13 @@ from .device import device_put, to_numpy
 from .gradcheck import GradientCheckError, check_grads
 from . import optim
 from .backend import IndexOutOfRangeError
-from .train import CheckpointError, NonFiniteLossError, TrainStep, train_step
+from .train import (CheckpointError, NonFiniteGradientError, NonFiniteLossError, TrainStep,
+                    train_step)
 from .runtime.loop import fit
 from .ops import *  # noqa: F401,F403  the NumPy-like op namespace
 from .ops import __all__ as _ops_all
 
 __version__ = "0.1.0"
 __all__ = ["jit", "grad", "value_and_grad", "check_grads", "GradientCheckError", "optim",
-           "train_step", "TrainStep", "NonFiniteLossError", "CheckpointError",
-           "IndexOutOfRangeError", "fit", "device_put", "to_numpy", *_ops_all]
+           "train_step", "TrainStep", "NonFiniteLossError", "NonFiniteGradientError",
+           "CheckpointError", "IndexOutOfRangeError", "fit", "device_put", "to_numpy", *_ops_all]

@@ -199,6 +199,10 @@ class Runner:
             crosscheck.check(self.graph, self.guard, ok, exe, reference, self.target)
         return ok, [exe.output(k) for k in want]
 
+    def output(self, k):
+        """Output k of the last run (a copy)."""
+        return self.build.executable.output(k)
+
     def _status(self, status: int) -> bool:
         """True when the whole schedule ran; False when the loss guard stopped it; an error
         for any other failed check."""

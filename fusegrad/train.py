@@ -35,6 +35,15 @@ class NonFiniteLossError(FloatingPointError):
     """The loss of a step was inf or nan; the step's update was not applied."""
 
 
+class NonFiniteGradientError(FloatingPointError):
+    """The loss of a step was finite but a gradient had an inf or nan; the step's update was
+    not applied. `.parameters` names the parameters whose gradients were not finite."""
+
+    def __init__(self, message, parameters=()):
+        super().__init__(message)
+        self.parameters = list(parameters)
+
+
 class CheckpointError(ValueError):
     """A checkpoint that does not fit this step and its parameters; nothing was changed."""
 
@@ -259,10 +268,15 @@ class TrainStep:
                 self.t = t
                 self._params = params
         if not ok:
-            raise NonFiniteLossError(
-                f"{self.name}: the loss is {loss} at step {t}; the update was not applied, so "
-                f"the parameters and optimizer state are those from before this step"
-            )
+            kept = ("the update was not applied, so the parameters and optimizer state are "
+                    "those from before this step")
+            if np.all(np.isfinite(loss)):
+                bad = [name for k, name in prog.grad_checks
+                       if not np.isfinite(runner.output(k) if in_place else outs[k])]
+                raise NonFiniteGradientError(
+                    f"{self.name}: at step {t} the loss is finite ({loss}) but the gradient of "
+                    f"{', '.join(bad) or 'a parameter'} is not (inf or nan); {kept}", bad)
+            raise NonFiniteLossError(f"{self.name}: the loss is {loss} at step {t}; {kept}")
         loss = loss[()]
         if self.has_aux:
             return loss, unflatten(prog.aux_tree, outs[1:1 + n_aux])
@@ -271,7 +285,7 @@ class TrainStep:
     def _runner(self, prog) -> Runner:
         r = self._runners.get(id(prog))
         if r is None:
-            r = self._runners[id(prog)] = Runner(prog.graph, self.target, guard=0,
+            r = self._runners[id(prog)] = Runner(prog.graph, self.target, guard=prog.guard,
                                                  remat=self.remat,
                                                  phases=self._timings.get(id(prog)))
         return r

@@ -370,3 +370,37 @@ def test_micrograd_demo_one_output_mlp_trains():
     step = fg.train_step(svm_loss, fg.optim.SGD(0.1))
     losses = [float(step(p, x, y)) for _ in range(60)]
     assert losses[-1] < 0.6 * losses[0]
+
+
+# ---- a finite loss with a non-finite gradient ---------------------------------------------------
+
+
+def sqrt_loss(p, x):
+    return fg.sum(fg.sqrt(p["a"])) + fg.sum(p["b"] * x)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_a_non_finite_gradient_skips_the_update_and_names_the_parameter(target):
+    """sqrt'(0) = inf: the loss is finite, a gradient is not. The update is skipped as for a
+    non-finite loss (once, the parameters became NaN and every later step failed)."""
+    step = fg.train_step(sqrt_loss, fg.optim.Adam(0.1), target=target)
+    p = {"a": np.array([1.0, 2.0, 4.0], np.float32), "b": np.ones(3, np.float32)}
+    x = np.ones(3, np.float32)
+    step(p, x)
+    before = snapshot(step, p)
+    p["a"][0] = 0.0
+    before[0]["a"][0] = 0.0
+    with pytest.raises(fg.NonFiniteGradientError, match=r"loss is finite.*gradient of "
+                                                        r"p\['a'\] is not") as info:
+        step(p, x)
+    assert info.value.parameters == ["p['a']"]
+    assert_unchanged(step, p, before)
+    p["a"][0] = 1.0
+    assert np.isfinite(step(p, x)) and step.t == 2  # usable again
+
+
+def test_a_non_finite_loss_is_still_a_loss_error():
+    step = fg.train_step(sqrt_loss, fg.optim.SGD(0.1))
+    p = {"a": np.array([1.0, 2.0], np.float32), "b": np.ones(2, np.float32)}
+    with pytest.raises(fg.NonFiniteLossError, match="the loss is"):
+        step(p, np.array([np.inf, 1.0], np.float32))

@@ -31,6 +31,9 @@ class StepGraph:
     n_batch_inputs: int  # graph inputs that are not params (batch leaves and key)
     slots: tuple  # optimizer slot names
     aux_tree: TreeDef | None
+    guard: int  # the output checked before any parameter is written (finite iff the loss
+    #             and every gradient are)
+    grad_checks: tuple  # (output index, parameter name): sum(g * 0) of each gradient
 
 
 def build_step_graph(loss_fn, optimizer: Optimizer, args, trainable_leaves, has_aux=False,
@@ -90,6 +93,8 @@ def build_step_graph(loss_fn, optimizer: Optimizer, args, trainable_leaves, has_
 
     e = Emitter(b, part="update")
     grads = list(joint.outputs[n_outputs:])
+    checks = _gradient_checks(Emitter(b, part="backward"), grads, joint.outputs[0].dtype)
+    guard_value = Emitter(b, part="backward").add(joint.outputs[0], _total(b, checks))
     if optimizer.clip_norm is not None:
         grads = clip_by_global_norm(e, grads, optimizer.clip_norm)
     outputs = list(joint.outputs[:n_outputs])
@@ -108,7 +113,37 @@ def build_step_graph(loss_fn, optimizer: Optimizer, args, trainable_leaves, has_
         aliases.append((len(outputs), index[old]))
         outputs.append(new)
         names.append(f"new {b.input_names[index[old]]}")
+    grad_checks = []
+    for k, check in zip(trained, checks):
+        grad_checks.append((len(outputs), joint.input_names[k]))
+        outputs.append(check)
+        names.append(f"finite check of d/d{joint.input_names[k]}")
+    guard = len(outputs)
+    outputs.append(guard_value)
+    names.append("finite check of the loss and every gradient")
     step = b.build(outputs, names, aliases)
     if timings is not None:
         timings.update(trace=t1 - t0, autodiff=t2 - t1, optimizer=time.perf_counter() - t2)
-    return StepGraph(step, fwd, trained, len(args) - 1, tuple(optimizer.slots), aux_tree)
+    return StepGraph(step, fwd, trained, len(args) - 1, tuple(optimizer.slots), aux_tree, guard,
+                     tuple(grad_checks))
+
+
+def _gradient_checks(e: Emitter, grads, dtype) -> list:
+    """sum(g * 0) of each gradient, in the loss's dtype: 0 when g is finite, NaN when any
+    element is inf or NaN. The step checks them (with the loss) before it writes any parameter,
+    so a non-finite gradient skips the update as a non-finite loss does. Each is a reduction
+    over its gradient: where the update already reads the gradient in a reduction (global-norm
+    clipping), fusion computes both in one pass."""
+    checks = []
+    for g in grads:
+        s = e.sum(e.mul(g, 0), range(len(g.shape)))
+        checks.append(s if s.dtype == dtype else e("cast", s, dtype=dtype))
+    return checks
+
+
+def _total(b, checks):
+    e = Emitter(b, part="backward")
+    total = checks[0]
+    for c in checks[1:]:
+        total = e.add(total, c)
+    return total
