@@ -11,7 +11,7 @@ import logging
 
 import numpy as np
 
-from .backend import Runner, check_target
+from .backend import Runner, check_target, compiling
 from .compiler.autodiff import differentiate
 from .compiler.trace import Traced, graph_inputs, has_tracer, inline, signature_key, trace
 from .ir.printer import format_graph
@@ -43,7 +43,8 @@ class CompiledFunction:
         if entry is None:
             if self._cache:
                 log.info("fusegrad: %s compiles again for a new signature %s", self.name, key[1])
-            entry = self._build(args)
+            with compiling():
+                entry = self._build(args)
             self._cache[key] = entry
         self._last = entry
         return entry

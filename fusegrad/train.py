@@ -19,7 +19,7 @@ import threading
 
 import numpy as np
 
-from .backend import Runner, check_target
+from .backend import Runner, check_target, compiling
 from .compiler.step import StepGraph, build_step_graph
 from .compiler.trace import arg_names, graph_inputs, signature_key, signature_of
 from .device import copy_into, device_put, is_device_array, to_numpy, zeros
@@ -185,8 +185,9 @@ class TrainStep:
                 log.info("fusegrad: %s compiles again for a new signature", self.name)
             mask = _trainable_mask(self.trainable, params)
             timings: dict = {}
-            prog = build_step_graph(self.loss_fn, self.optimizer, (params,) + batch, mask,
-                                    self.has_aux, self.takes_key, self.name, timings=timings)
+            with compiling():
+                prog = build_step_graph(self.loss_fn, self.optimizer, (params,) + batch, mask,
+                                        self.has_aux, self.takes_key, self.name, timings=timings)
             self._programs[key] = prog
             self._timings[id(prog)] = timings
         self._last = prog

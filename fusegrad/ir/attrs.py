@@ -55,13 +55,26 @@ def _freeze(value):
 class Attrs(Mapping):
     """A frozen mapping of attribute name -> hashable value, printed as `[k=v, ...]`."""
 
-    __slots__ = ("_items", "_hash", "_map")
+    __slots__ = ("_items", "_hash", "_map", "_memo")
 
     def __init__(self, mapping=None, **kwargs):
         merged = dict(mapping or {}, **kwargs)
         self._items = tuple(sorted((k, _freeze(v)) for k, v in merged.items()))
         self._hash = hash(self._items)
         self._map = dict(self._items)  # lookups by name (passes make ~100k a program)
+        self._memo = None  # keys derived from this object (see memo())
+
+    def memo(self, name, compute):
+        """A key derived from these attributes, computed once per Attrs object: CSE's strict
+        key, the structural key of a kernel. Kept per object, not per equal value: equality
+        here says 0.0 == -0.0, which those keys must not."""
+        memo = self._memo
+        if memo is None:
+            memo = self._memo = {}
+        value = memo.get(name)
+        if value is None:
+            value = memo[name] = compute(self)
+        return value
 
     def __getitem__(self, key):
         return self._map[key]

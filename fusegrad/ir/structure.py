@@ -45,7 +45,11 @@ def _size(v):
 def _attrs(node):
     if node.op == "constant":  # the value is an argument of the generated code
         return ()
-    return tuple((k, _size(v) if k in SIZE_ATTRS else _value(v)) for k, v in node.attrs.items())
+    return node.attrs.memo("structure", _structure_attrs)
+
+
+def _structure_attrs(attrs) -> tuple:
+    return tuple((k, _size(v) if k in SIZE_ATTRS else _value(v)) for k, v in attrs.items())
 
 
 def _type(t):

@@ -27,7 +27,7 @@ from ..passes.prepare import batch_suffix
 from .common import LOOP_KINDS
 from .common import structural_names as _region_names
 from .cpu_library import library_kernel
-from .cpu_loops import LoopKernel
+from .cpu_loops import CHUNKS, LoopKernel
 from .cpu_movement import MOVEMENT, Array, Count, Flag, Int, Ints, LibCall, Real
 
 KERNEL_HEADER = '''"""fusegrad kernel {name}: {kind} loop over a 2-D space (R, C). Generated; do not edit."""
@@ -90,6 +90,7 @@ class _Builder:
         self.schedule: list[str] = []
         self.scratch_bytes = 0
         self.constants: list = []
+        self.loops: dict = {}  # loop kernel structure -> what _make_loop made of it
 
     # ---- where values live ----
     def locate_values(self):
@@ -157,7 +158,7 @@ class _Builder:
         self.schedule.append(f"{shown}  # {what}" + (f" ({loc})" if loc else ""))
 
     def library(self, call: LibCall, what, loc="", check=""):
-        dtypes = [h.dtype for h in call.arrays()]
+        dtypes = tuple(h.dtype for h in call.arrays())
         name, text = library_kernel(call.fn, dtypes)
         args = []
         for a in call.args:
@@ -218,10 +219,43 @@ class _Builder:
         noalias = all(pointers.count(w) <= 1 for w in written)
         kernel = LoopKernel(node, _region_names(node.region), self.exact_math, structural=True,
                             inplace=inplace)
-        # named by a hash of its text, which depends only on the structure: the same structure
-        # is the same kernel; any variant (in-place outputs, exact math, and choices made by
-        # sizes, such as one column) is another
-        text = kernel.source(_PLACEHOLDER, noalias)  # also collects this call's constants
+        # identical layers and time steps make one kernel: its text is generated once per
+        # structure (region structure, index maps, in-place outputs, flags), and each call takes
+        # only its own constants, found at the same places in its region
+        key = (node.attrs["name"], kernel.structure(), tuple(sorted(inplace.items())),
+               noalias, self.exact_math)
+        made = self.loops.get(key)
+        if made is None:
+            made = self.loops[key] = self._make_loop(node, kernel, inplace, noalias)
+        name, index, flat, partials, row_cache, fpos, ipos = made
+        space = kernel.space
+        R, C = (1, space.R * space.C) if flat else (space.R, space.C)
+        args = [self.size(R), self.size(C), *(self.pointer(r) for r in ins),
+                *(self.pointer(o) for k, o in enumerate(outs) if k not in inplace)]
+        nch = min(R, CHUNKS)
+        start = 0
+        for size in partials:  # column partials (float64 scratch), then the row cache
+            args.append(self.scratch(8 * start))
+            start += nch * C if size == "nch * C" else nch
+        if row_cache:
+            slots, dtype = row_cache
+            args.append(self.scratch(8 * start))
+            start += (slots * C + 1) // 2 if dtype == "f32" else slots * C
+        self.scratch_bytes = max(self.scratch_bytes, 8 * start)
+        nodes = node.region.nodes
+        if fpos:
+            args.append(self.float_table([nodes[k].attrs["value"].array.reshape(-1)[0]
+                                          for k in fpos]))
+        if ipos:
+            args.append(self.int_table([nodes[k].attrs["value"].array.reshape(-1)[0]
+                                        for k in ipos]))
+        self.call(index, args, what, loc)
+
+    def _make_loop(self, node, kernel, inplace, noalias):
+        """Generate a loop kernel's text (named by a hash of it: the same structure is the same
+        kernel; any variant, in-place outputs, exact math, choices made by sizes, is another)
+        and what each call of it needs."""
+        text = kernel.source(_PLACEHOLDER, noalias)
         name = f"{node.attrs['kind'].replace('+', '')}_" + hashlib.sha256(
             text.encode()).hexdigest()[:12]
         text = text.replace(_PLACEHOLDER, name)
@@ -232,20 +266,12 @@ class _Builder:
                                inplace=inplace)
             readable = shown.source(name, noalias)
         index = self.add_kernel(name, header + text + "\n", readable)
-        space = kernel.space
-        R, C = (1, space.R * space.C) if kernel.flat else (space.R, space.C)
-        args = [self.size(R), self.size(C), *(self.pointer(r) for r in ins),
-                *(self.pointer(o) for k, o in enumerate(outs) if k not in inplace)]
-        start = 0
-        for elements, _ in kernel.scratch_parts(R, C):  # partials and row cache
-            args.append(self.scratch(8 * start))
-            start += elements
-        self.scratch_bytes = max(self.scratch_bytes, 8 * start)
-        if kernel.fconsts:
-            args.append(self.float_table(kernel.fconsts))
-        if kernel.iconsts:
-            args.append(self.int_table(kernel.iconsts))
-        self.call(index, args, what, loc)
+        position = {n: k for k, n in enumerate(node.region.nodes)}
+        row_cache = ((len(kernel.row_slots), kernel._row_cache_dtype())
+                     if kernel.row_slots else None)
+        return (name, index, kernel.flat, tuple(kernel.partials), row_cache,
+                tuple(position[n] for n in kernel.fconst_nodes),
+                tuple(position[n] for n in kernel.iconst_nodes))
 
     def _readable_names(self, node):
         """This program's %N names for the region's values (for render_source)."""

@@ -12,6 +12,8 @@ element for element: the same summation order in reductions, NaN as the maximum.
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 from numba import njit
 
@@ -329,7 +331,8 @@ from fusegrad.compiler.codegen.kernel_lang import kernel
 '''
 
 
-def library_kernel(fn: str, dtypes) -> tuple[str, str]:
+@lru_cache(maxsize=None)
+def library_kernel(fn: str, dtypes: tuple) -> tuple[str, str]:
     """(name, kernel module text) of library function `fn` for operands of `dtypes` (one per
     array argument, in order)."""
     kinds, target = SIGNATURES[fn]

@@ -218,10 +218,12 @@ class LoopKernel:
         if dtype.startswith("float"):
             load = f"{_np(dtype)}(kf[{len(self.fconsts)}])"
             self.fconsts.append(float(value))
+            self.fconst_nodes.append(node)
         else:
             k = len(self.iconsts)
             load = f"(ki[{k}] != 0)" if dtype == "bool" else f"{_np(dtype)}(ki[{k}])"
             self.iconsts.append(int(value))
+            self.iconst_nodes.append(node)
         name = self._new("k")
         root = scope.at(("S",))
         shown = "" if self.structural else " " + literal(value, dtype)
@@ -244,10 +246,20 @@ class LoopKernel:
             return f"{acc} += {x}"
         return f"{acc} = {x} if ({x} > {acc} or {x} != {x}) else {acc}"
 
+    def structure(self) -> tuple:
+        """What the generated text depends on besides the region's structure (its structural
+        name): every value's index map and every reduction's kind, which sizes of one (R or
+        C) can change."""
+        region = self.region
+        values = [*region.inputs, *(v for n in region.nodes for v in n.outputs)]
+        return (tuple(self.maps.get(v) for v in values),
+                tuple(self.reductions.get(n) for n in region.nodes))
+
     def source(self, fname: str, noalias: bool = True) -> str:
         ins = [self.arg[v] for v in self.region.inputs]
         outs = [f"o{k}" for k in range(len(self.region.outputs)) if k not in self.inplace]
         self.fconsts, self.iconsts = [], []
+        self.fconst_nodes, self.iconst_nodes = [], []  # the constant nodes, in table order
         body: list[str] = []
         S = _Scope("S")
         I = _Scope("I", S)  # noqa: E741

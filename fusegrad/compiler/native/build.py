@@ -5,9 +5,8 @@
 A kernel's object is stored under the SHA-256 of what determines it: its source text, the
 compiler (the source of this package and of everything a kernel calls into: cpu_math,
 cpu_library, kernel_lang, cpu_intrinsics) and the target (LLVM version, CPU, features). Kernels
-missing from the store compile on a thread pool: the front end holds the GIL for a few
-milliseconds per kernel, LLVM (most of the time) releases it, so independent kernels compile in
-parallel where there are cores.
+missing from the store compile at once in this process and in helper processes (workers.py):
+llvmlite runs one LLVM call at a time per process, so threads alone would not overlap them.
 """
 from __future__ import annotations
 
@@ -16,12 +15,12 @@ import os
 import struct
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 from .machine import compile_ir, target_stamp
+from . import workers
 from .module import ModuleCompiler
 
 _CODEGEN = Path(__file__).resolve().parents[1] / "codegen"
@@ -61,13 +60,20 @@ class NativeObject:
         return self.entries[0]
 
 
-def compile_kernel(name: str, text: str, key: str = "") -> tuple[bytes, list, list]:
-    """(object code, external symbols, entry symbols) of one kernel module; `key` makes the
+def front_end(name: str, text: str, key: str = "") -> tuple[str, list, list]:
+    """(LLVM IR, explicit external symbols, entry symbols) of one kernel module; `key` makes the
     symbols unique (two texts of one kernel name may be loaded in one process)."""
     mc = ModuleCompiler(name, f".{key[:16]}" if key else "")
     entries = mc.add_source(text, f"<kernel {name}>")
-    obj = compile_ir(str(mc.module), name)
-    return obj, sorted(set(mc.symbols) | set(undefined_symbols(obj))), entries
+    return str(mc.module), sorted(mc.symbols), entries
+
+
+def compile_kernel(name: str, text: str, key: str = "", helper=None) -> tuple[bytes, list, list]:
+    """(object code, external symbols, entry symbols) of one kernel module; LLVM runs in
+    `helper` (a workers.Helper process) when given, else here."""
+    llvm_ir, symbols, entries = front_end(name, text, key)
+    obj = helper.compile(llvm_ir) if helper is not None else compile_ir(llvm_ir, name)
+    return obj, sorted(set(symbols) | set(undefined_symbols(obj))), entries
 
 
 _key_locks: dict = {}
@@ -79,29 +85,55 @@ def _lock_for(key):
         return _key_locks.setdefault(key, threading.Lock())
 
 
-def build_objects(kernels, store, workers: int | None = None) -> list[NativeObject]:
-    """One NativeObject per kernel (objects.Kernel: .name, .text), in order."""
+def build_objects(kernels, store) -> list[NativeObject]:
+    """One NativeObject per kernel (artifact.Kernel: .name, .text), in order. Kernels missing
+    from `store` compile in this process and in helper processes (workers.py) at once."""
     keys = [kernel_key(k.text) for k in kernels]
     results: list = [None] * len(kernels)
 
-    def get(i):
+    def get(i, helper=None):
         k, key = kernels[i], keys[i]
         with _lock_for(key):  # two threads wanting one kernel compile it once
             obj, meta = store.load_object(k.name, key)
             if obj is not None:
                 return NativeObject(k.name, key, obj, meta["symbols"], meta["entries"], False)
             t0 = time.perf_counter()
-            obj, symbols, entries = compile_kernel(k.name, k.text, key)
+            obj, symbols, entries = compile_kernel(k.name, k.text, key, helper)
             seconds = time.perf_counter() - t0
             store.store_object(k.name, key, obj, {"symbols": symbols, "entries": entries})
             return NativeObject(k.name, key, obj, symbols, entries, True, seconds, meta)
 
-    workers = workers or min(len(kernels), os.cpu_count() or 1, 8)
-    if workers <= 1 or len(kernels) <= 1:
-        return [get(i) for i in range(len(kernels))]
-    with ThreadPoolExecutor(workers) as pool:
-        for i, result in zip(range(len(kernels)), pool.map(get, range(len(kernels)))):
-            results[i] = result
+    missing = []
+    for i, (k, key) in enumerate(zip(kernels, keys)):
+        obj, meta = store.load_object(k.name, key)
+        if obj is not None:
+            results[i] = NativeObject(k.name, key, obj, meta["symbols"], meta["entries"], False)
+        else:
+            missing.append(i)
+    pool = workers.helpers() if len(missing) > 1 else []
+    queue = list(reversed(missing))  # popped from the end: kernels in schedule order
+    errors: list = []
+
+    def serve(helper):
+        while True:
+            try:
+                i = queue.pop()
+            except IndexError:
+                return
+            try:
+                results[i] = get(i, helper)
+            except Exception as exc:  # noqa: BLE001 - re-raised below, in the caller
+                errors.append(exc)
+                return
+
+    threads = [threading.Thread(target=serve, args=(h,), daemon=True) for h in pool]
+    for t in threads:
+        t.start()
+    serve(None)  # this process compiles too
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
     return results
 
 

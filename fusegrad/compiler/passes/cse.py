@@ -33,8 +33,11 @@ def node_key(node):
     inputs = node.inputs
     if node.op in COMMUTATIVE:
         inputs = tuple(sorted(inputs, key=lambda v: v.uid))
-    attrs = tuple((k, _strict(v)) for k, v in node.attrs.items())
-    return node.op, inputs, attrs
+    return node.op, inputs, node.attrs.memo("strict", _strict_attrs)
+
+
+def _strict_attrs(attrs) -> tuple:
+    return tuple((k, _strict(v)) for k, v in attrs.items())
 
 
 def cse(graph: Graph) -> Graph:
