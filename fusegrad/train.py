@@ -14,7 +14,6 @@ import inspect
 import logging
 import os
 import signal
-import tempfile
 import threading
 
 import numpy as np
@@ -25,6 +24,7 @@ from .compiler.trace import arg_names, graph_inputs, signature_key, signature_of
 from .device import copy_into, device_put, is_device_array, to_numpy, zeros
 from .ir.printer import format_graph
 from .pytree import flatten, leaf_paths, unflatten
+from .runtime.files import write_atomic
 
 log = logging.getLogger("fusegrad")
 
@@ -384,21 +384,7 @@ class TrainStep:
                 for p, x in zip(paths, values):
                     if x is not None:
                         arrays[f"{s}:{p}"] = to_numpy(x)
-        path = os.fspath(path)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
-                                   prefix=".fusegrad-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        write_atomic(path, lambda f: np.savez(f, **arrays), sync=True)
 
     def load(self, path, params=None):
         """Restore a checkpoint written by save(): parameters are copied into `params` in place,

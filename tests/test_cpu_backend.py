@@ -14,7 +14,6 @@ import copy
 import inspect
 import os
 import re
-import sys
 
 import numpy as np
 import pytest

@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 
 import fusegrad as fg
-from fusegrad.pytree import flatten
 
 from tree_checks import assert_tree_bitwise, tree_copy
 

@@ -22,8 +22,9 @@ import hashlib
 import json
 import os
 import stat
-import tempfile
 from pathlib import Path
+
+from . import files
 
 VERSION = "v2"
 _MAGIC = b"FUSEGRAD-OBJECT-1\n"
@@ -65,18 +66,8 @@ def folder(kind: str) -> Path:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through an exclusive temporary file and a rename."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
-    try:
-        with os.fdopen(fd, "wb") as f:  # mkstemp: O_CREAT | O_EXCL, mode 0600
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """Write `data` to `path` through an exclusive temporary file and a rename (files.py)."""
+    files.write_atomic(path, lambda f: f.write(data))
 
 
 def _read(path: Path) -> bytes | None:

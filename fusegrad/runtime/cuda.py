@@ -26,9 +26,7 @@ def output_storage(fused, plan):
     """Where each graph output can be read after a run (see CudaBuild.output)."""
     out = []
     for v in fused.outputs:
-        kind, where = plan.storage[v]
-        while kind == "view":
-            kind, where = plan.storage[where]
+        kind, where = plan.place(v)
         if kind == "arena":
             out.append(("arena", where.offset, v.type.dtype, v.shape))
         elif kind == "input":

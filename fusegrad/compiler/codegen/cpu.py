@@ -337,9 +337,7 @@ class _Builder:
         consts = [n.out for n in fused.nodes if n.op == "constant"]
         out = []
         for v in fused.outputs:
-            kind, where = plan.storage[v]
-            while kind == "view":
-                kind, where = plan.storage[where]
+            kind, where = plan.place(v)
             if kind == "arena":
                 out.append(Output("arena", where.offset, tuple(v.shape), v.dtype))
             elif kind == "input":

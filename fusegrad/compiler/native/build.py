@@ -11,7 +11,6 @@ llvmlite runs one LLVM call at a time per process, so threads alone would not ov
 from __future__ import annotations
 
 import hashlib
-import os
 import struct
 import threading
 import time

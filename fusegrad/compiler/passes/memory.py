@@ -52,6 +52,14 @@ class MemoryPlan:
     def peak_bytes(self) -> int:
         return sum(b.nbytes for b in self.buffers)
 
+    def place(self, v):
+        """Where v's data is, through views: ("arena", buffer), ("input", i) or ("const",
+        node)."""
+        kind, where = self.storage[v]
+        while kind == "view":
+            kind, where = self.storage[where]
+        return kind, where
+
     @property
     def arena_bytes(self) -> int:
         return max((b.offset + b.nbytes for b in self.buffers), default=0)

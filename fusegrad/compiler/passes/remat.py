@@ -72,7 +72,6 @@ def saved_by_min_cut(graph) -> set:
 
     from .loopspace import is_loop_op
 
-    producer = {v: n for n in graph.nodes for v in n.outputs}
     forward = {v for n in graph.nodes if n.part == "forward" and n.op != "constant"
                for v in n.outputs}
     net = nx.DiGraph()
