@@ -431,3 +431,33 @@ def test_compiled_step_leaves_no_garbage(trained):
     finally:
         gc.enable()
     assert unreachable == 0
+
+
+# ---- generated Python modules (the CUDA backend's) --------------------------------------------
+
+
+def test_generated_modules_run_their_verified_text_not_a_planted_pyc(tmp_path, monkeypatch):
+    """The CUDA backend's generated modules are executed from their text, checked against what
+    fusegrad generated: neither a planted bytecode file nor an edited module file runs."""
+    import sys as _sys
+
+    monkeypatch.setenv("FUSEGRAD_CACHE_DIR", str(tmp_path))
+    text = "VALUE = 1\n"
+    module, hit = cache.load_python_module("probe", text)
+    assert module.VALUE == 1 and not hit
+    path = Path(module.__file__)
+    # a planted .pyc where Python's import system would look for one
+    planted = path.parent / "__pycache__" / f"{path.stem}.{_sys.implementation.cache_tag}.pyc"
+    planted.parent.mkdir(exist_ok=True)
+    evil = tmp_path / "evil.py"
+    evil.write_text("VALUE = 666\n")
+    import py_compile
+
+    py_compile.compile(str(evil), cfile=str(planted))
+    # an edited module file
+    path.write_text("VALUE = 999\n")
+    for name in [n for n in _sys.modules if n.startswith("fusegrad_generated.probe_")]:
+        del _sys.modules[name]
+    module, hit = cache.load_python_module("probe", text)
+    assert module.VALUE == 1 and not hit  # rewritten, and run from the verified text
+    assert path.read_text() == text
