@@ -461,3 +461,19 @@ def test_generated_modules_run_their_verified_text_not_a_planted_pyc(tmp_path, m
     module, hit = cache.load_python_module("probe", text)
     assert module.VALUE == 1 and not hit  # rewritten, and run from the verified text
     assert path.read_text() == text
+
+
+def test_one_info_line_says_what_compiled_and_why(tmp_path, monkeypatch, caplog):
+    import logging
+
+    monkeypatch.setenv("FUSEGRAD_CACHE_DIR", str(tmp_path))
+    x = np.linspace(-1, 1, 6, dtype=np.float32)
+    with caplog.at_level(logging.INFO, logger="fusegrad"):
+        fg.jit(lambda x: fg.tanh(x) * 2.0 + 0.5, target="cpu")(x)
+    lines = [r.getMessage() for r in caplog.records if r.name == "fusegrad"]
+    assert len(lines) == 1, lines
+    assert "compiled: not on disk" in lines[0] and "kernels compiled (not on disk)" in lines[0]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="fusegrad"):
+        fg.jit(lambda x: fg.tanh(x) * 2.0 + 0.5, target="cpu")(x)  # the same program again
+    assert not [r for r in caplog.records if r.name == "fusegrad"]  # nothing compiled: silent
