@@ -28,7 +28,7 @@ from .common import LOOP_KINDS
 from .common import structural_names as _region_names
 from .cpu_library import library_kernel
 from .cpu_loops import CHUNKS, LoopKernel
-from .cpu_movement import MOVEMENT, Array, Count, Flag, Int, Ints, LibCall, Real
+from .cpu_movement import MOVEMENT, Array, Count, Flag, Int, LibCall
 
 KERNEL_HEADER = '''"""fusegrad kernel {name}: {kind} loop over a 2-D space (R, C). Generated; do not edit."""
 import math
@@ -160,21 +160,18 @@ class _Builder:
     def library(self, call: LibCall, what, loc="", check=""):
         dtypes = tuple(h.dtype for h in call.arrays())
         name, text = library_kernel(call.fn, dtypes)
-        args = []
-        for a in call.args:
-            if isinstance(a, Array):
-                args.append(self.pointer(a.handle))
-            elif isinstance(a, (Int, Count)):
-                args.append(self.size(a.value))
-            elif isinstance(a, Flag):
-                args.append(Arg(ZERO, int(bool(a.value)), str(bool(a.value))))
-            elif isinstance(a, Ints):
-                args.append(self.int_table(a.values))
-            elif isinstance(a, Real):
-                args.append(self.float_table([a.value]))
-            else:
-                raise TypeError(f"no CPU form for {a!r}")
+        args = [self.PASS[a.kind](self, a.value) for a in call.args]
         self.call(self.add_kernel(name, text), args, what, loc, check)
+
+    # how a library call's argument of each kind is passed (cpu_movement.Arg)
+    PASS = {
+        "array": lambda self, ref: self.pointer(ref),
+        "int": lambda self, n: self.size(n),
+        "count": lambda self, n: self.size(n),
+        "flag": lambda self, b: Arg(ZERO, int(b), str(b)),
+        "ints": lambda self, values: self.int_table(values),
+        "real": lambda self, x: self.float_table([x]),
+    }
 
     # ---- one fused kernel node ----
     def emit_kernel(self, node, env):

@@ -10,41 +10,44 @@ schedule table (sizes in the program's integer table), CUDA as lines of its Pyth
     Int(value)      one size                    Flag(value)   a bool
     Real(value)     a float (a fill value)      Count(n)      an element count the CPU library
                                                               needs (CUDA reads it off its arrays)
+
+Each is an Arg(kind, value); each backend has a table from kind to how it passes one.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from math import prod
+from typing import NamedTuple
 
 
-@dataclass(frozen=True)
-class Array:
-    handle: object
+class Arg(NamedTuple):
+    """One argument of a library call: what it is (`kind`) and its value."""
+    kind: str  # "array" | "ints" | "int" | "flag" | "real" | "count"
+    value: object
 
 
-@dataclass(frozen=True)
-class Ints:
-    values: tuple
+def Array(handle) -> Arg:  # noqa: N802  (reads as the kind of argument it makes)
+    return Arg("array", handle)
 
 
-@dataclass(frozen=True)
-class Int:
-    value: int
+def Ints(values) -> Arg:  # noqa: N802
+    return Arg("ints", tuple(values))
 
 
-@dataclass(frozen=True)
-class Flag:
-    value: bool
+def Int(value) -> Arg:  # noqa: N802
+    return Arg("int", int(value))
 
 
-@dataclass(frozen=True)
-class Real:
-    value: float
+def Flag(value) -> Arg:  # noqa: N802
+    return Arg("flag", bool(value))
 
 
-@dataclass(frozen=True)
-class Count:
-    value: int
+def Real(value) -> Arg:  # noqa: N802
+    return Arg("real", float(value))
+
+
+def Count(value) -> Arg:  # noqa: N802
+    return Arg("count", int(value))
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,7 @@ class LibCall:
     args: tuple
 
     def arrays(self) -> list:
-        return [a.handle for a in self.args if isinstance(a, Array)]
+        return [a.value for a in self.args if a.kind == "array"]
 
 
 RANK = 6  # strided_copy's fixed rank

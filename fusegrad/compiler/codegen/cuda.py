@@ -24,7 +24,7 @@ from ...ir.printer import short_loc, var_names
 from ..passes.prepare import batch_suffix
 from .common import LOOP_KINDS, Table, structural_names
 from .cpu_expr import literal
-from .cpu_movement import MOVEMENT, Array, Count, Flag, Int, Ints, Real
+from .cpu_movement import MOVEMENT
 from .cuda_config import LaunchConfig, blocks_for
 from .cuda_loops import CudaLoop, multi_source
 
@@ -33,23 +33,22 @@ from .cuda_loops import CudaLoop, multi_source
 PARAM_BYTES = 3800
 
 
+# how a library call's argument of each kind is written in the driver (cpu_movement.Arg);
+# element counts are not passed: cuda_library reads them off its device arrays
+_RENDER = {
+    "array": lambda value, dims: value,
+    "int": lambda value, dims: dims(value),
+    "ints": lambda value, dims: dims(*value),
+    "flag": lambda value, dims: str(value),
+    "real": lambda value, dims: literal(value, "float64"),
+}
+
+
 def render_call(call, dims) -> str:
     """A library call (cpu_movement.LibCall) as a line of the driver: cuda_library has every
-    function the emitters call, taking element counts from its device arrays."""
-    def arg(a):
-        if isinstance(a, Array):
-            return a.handle
-        if isinstance(a, Int):
-            return dims(a.value)
-        if isinstance(a, Ints):
-            return dims(*a.values)
-        if isinstance(a, Flag):
-            return str(bool(a.value))
-        if isinstance(a, Real):
-            return literal(a.value, "float64")
-        raise TypeError(f"no CUDA form for {a!r}")
-
-    return f"{call.fn}({', '.join(arg(a) for a in call.args if not isinstance(a, Count))})"
+    function the emitters call."""
+    args = [_RENDER[a.kind](a.value, dims) for a in call.args if a.kind != "count"]
+    return f"{call.fn}({', '.join(args)})"
 
 
 @dataclass

@@ -360,11 +360,7 @@ class FunctionLowering:
         self.b.cbranch(more, body, after)
         self.b.position_at_end(body)
         self.assign(s.target.id, V(n, T.INT64), s)
-        self.loops.append(Loop(latch, after))
-        self.block(s.body)
-        self.loops.pop()
-        if not self.b.block.is_terminated:
-            self.b.branch(latch)
+        self.loop_body(s.body, Loop(latch, after))
         self.b.position_at_end(latch)
         # the counter never passes `stop`, so it cannot overflow: nsw helps LLVM count trips
         self.b.store(self.b.add(self.b.load(counter), step.ir, flags=["nsw"]), counter)
@@ -381,12 +377,16 @@ class FunctionLowering:
         self.b.position_at_end(head)
         self.b.cbranch(self.truth(self.expr(s.test), s).ir, body, after)
         self.b.position_at_end(body)
-        self.loops.append(Loop(head, after))
-        self.block(s.body)
+        self.loop_body(s.body, Loop(head, after))
+        self.b.position_at_end(after)
+
+    def loop_body(self, stmts, loop: Loop):
+        """The statements of a loop, `continue` and its end going to loop.cont."""
+        self.loops.append(loop)
+        self.block(stmts)
         self.loops.pop()
         if not self.b.block.is_terminated:
-            self.b.branch(head)
-        self.b.position_at_end(after)
+            self.b.branch(loop.cont)
 
     def stmt_Break(self, s):
         if not self.loops:
@@ -574,35 +574,18 @@ class FunctionLowering:
         x, y = convert(self.b, a, t).ir, convert(self.b, c, t).ir
         b = self.b
         if t.is_float:
-            f = self.flags
-            if op == "+":
-                return V(b.fadd(x, y, flags=f), t)
-            if op == "-":
-                return V(b.fsub(x, y, flags=f), t)
-            if op == "*":
-                return V(b.fmul(x, y, flags=f), t)
-            if op == "/":
-                return V(b.fdiv(x, y, flags=f), t)
-            raise self.error(node, f"{op} on floats is not supported")
-        if op == "+":
-            return V(b.add(x, y), t)
-        if op == "-":
-            return V(b.sub(x, y), t)
-        if op == "*":
-            return V(b.mul(x, y), t)
+            name = _FLOAT_OPS.get(op)
+            if name is None:
+                raise self.error(node, f"{op} on floats is not supported")
+            return V(getattr(b, name)(x, y, flags=self.flags), t)
         if op in ("//", "%"):
             return V(_int_divmod(b, op, x, y, t.signed), t)
-        if op == "&":
-            return V(b.and_(x, y), t)
-        if op == "|":
-            return V(b.or_(x, y), t)
-        if op == "^":
-            return V(b.xor(x, y), t)
-        if op == "<<":
-            return V(b.shl(x, y), t)
         if op == ">>":
             return V(b.ashr(x, y) if t.signed else b.lshr(x, y), t)
-        raise self.error(node, f"operator {op} is not supported")
+        name = _INT_OPS.get(op)
+        if name is None:
+            raise self.error(node, f"operator {op} is not supported")
+        return V(getattr(b, name)(x, y), t)
 
     def compare(self, op, a: V, c: V, node) -> V:
         sym = _COMPARE.get(op)
@@ -642,6 +625,9 @@ def _int_divmod(b, op, x, y, signed):
 _BINOPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.FloorDiv: "//",
            ast.Mod: "%", ast.Pow: "**", ast.BitAnd: "&", ast.BitOr: "|", ast.BitXor: "^",
            ast.LShift: "<<", ast.RShift: ">>"}
+# the IRBuilder method of each arithmetic operator (// % and >> are made of several)
+_FLOAT_OPS = {"+": "fadd", "-": "fsub", "*": "fmul", "/": "fdiv"}
+_INT_OPS = {"+": "add", "-": "sub", "*": "mul", "&": "and_", "|": "or_", "^": "xor", "<<": "shl"}
 _COMPARE = {ast.Eq: "==", ast.NotEq: "!=", ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">",
             ast.GtE: ">="}
 
