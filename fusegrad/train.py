@@ -238,7 +238,8 @@ class TrainStep:
             }
 
     # ---- running ----
-    def __call__(self, params, *batch):
+    def _inputs(self, params, batch):
+        """(step graph, its inputs for the next step, parameter leaves, trained leaves, t)."""
         leaves = self._check_params(params)
         flat = flatten((params,) + batch)
         prog = self._program(params, batch, flat)
@@ -256,6 +257,10 @@ class TrainStep:
         self._lr[()] = lr
         self._t[()] = t
         inputs += [self._lr, self._t]
+        return prog, inputs, leaves, trained_leaves, t
+
+    def __call__(self, params, *batch):
+        prog, inputs, leaves, trained_leaves, t = self._inputs(params, batch)
         runner = self._runner(prog)
         self._last_inputs = inputs
         n_aux = prog.aux_tree.num_leaves if self.has_aux else 0
@@ -332,11 +337,17 @@ class TrainStep:
         return self._runner(self._require()).source()
 
     def profile(self, params, *batch, repeats=5) -> list:
-        """Time every kernel of the compiled step on this batch: [(kernel, seconds), ...].
-        Runs the step (repeats + 1) times: parameters are updated as in training."""
-        prog = self._program(params, batch)
-        inputs = self._last_inputs
-        return self._runner(prog).profile(inputs, repeats)
+        """Time every kernel call of the compiled step on this batch: [(what it computes,
+        seconds), ...], the median of `repeats` runs. It runs on copies of the parameters and
+        optimizer state: `params`, the state and `step.t` are left as they were."""
+        prog, inputs, _, _, _ = self._inputs(params, batch)
+        runner = self._runner(prog)
+        written = {i for _, i in prog.graph.aliases}
+        copies = [np.array(to_numpy(x), copy=True) if k in written else x
+                  for k, x in enumerate(inputs)]
+        if self.target == "cuda":
+            copies = [device_put(x) if k in written else x for k, x in enumerate(copies)]
+        return runner.profile(copies, repeats)
 
     def stats(self) -> dict:
         """kernels, peak_bytes, naive_bytes, compile time and cache figures of the last step."""

@@ -403,3 +403,24 @@ def test_a_non_finite_loss_is_still_a_loss_error():
     p = {"a": np.array([1.0, 2.0], np.float32), "b": np.ones(2, np.float32)}
     with pytest.raises(fg.NonFiniteLossError, match="the loss is"):
         step(p, np.array([np.inf, 1.0], np.float32))
+
+
+# ---- profiling leaves training as it was --------------------------------------------------------
+
+
+def test_profile_times_kernels_without_touching_parameters_or_state():
+    """profile() reruns every kernel, the in-place update among them: it must run on copies.
+    It works before the first step too, on the batch it is given."""
+    step = adam_step()
+    p = mlp()
+    x, y = batch()
+    before = snapshot(step, p)
+    timings = step.profile(p, x, y, repeats=2)
+    assert timings and all(isinstance(what, str) and s >= 0 for what, s in timings)
+    assert_tree_bitwise(p, before[0])
+    assert step.t == 0  # the optimizer state may now exist, as zeros, as before a first step
+    assert all(not np.any(v) for v in fg.pytree.flatten(fg.to_numpy(step.state))[0])
+    step(p, x, y)
+    before = snapshot(step, p)
+    step.profile(p, *batch(n=12, seed=2), repeats=2)
+    assert_unchanged(step, p, before)
