@@ -1,9 +1,6 @@
-"""What the CPU and CUDA code generators share: names for values and dtypes, the driver's tables
-of numbers, and the loop-nest scopes kernels are emitted into.
-
-Only plain Python that writes no backend-specific text: each backend keeps its own loops, kernels
-and driver lines. Moving code here must not change one character of what either backend
-generates (the CPU's kernel files are cached on disk by name).
+"""Small facts the CPU and CUDA code generators share: kernel kinds, dtype names, structural
+names for a region's values, and the CUDA driver's tables of numbers. The shared loop nest is
+loop_nest.py; the shared walk over a program's schedule is schedule.py.
 """
 from __future__ import annotations
 
@@ -51,48 +48,3 @@ def structural_names(region) -> dict:
 
     walk(region)
     return names
-
-
-def downstream(nodes, sources) -> set:
-    """`sources` and every value computed from them by `nodes` (in definition order)."""
-    tainted = set(sources)
-    for n in nodes:
-        if any(v in tainted for v in n.inputs):
-            tainted.update(n.outputs)
-    return tainted
-
-
-class Scope:
-    """Locals defined at one level of a kernel's loop nest, and the lines that define them.
-
-    Levels are names: S once per call (or thread), I per row, J per element, CS/CJ the combine
-    pass's scalar part and its loop over columns. A scope may stand for several levels at once:
-    CUDA's flat elementwise body computes per-row and per-element values alike (I and J)."""
-
-    def __init__(self, levels, parent=None):
-        # one level by name ("CS" is one level, not two letters) or several
-        self.levels = frozenset({levels} if isinstance(levels, str) else levels)
-        self.parent = parent
-        self.names: dict = {}
-        self.lines: list[str] = []
-
-    @property
-    def level(self) -> str:
-        """The level of a scope of one level."""
-        (level,) = self.levels
-        return level
-
-    def lookup(self, v):
-        s = self
-        while s is not None:
-            if v in s.names:
-                return s.names[v]
-            s = s.parent
-        return None
-
-    def at(self, levels):
-        """This scope or the nearest enclosing one at any of `levels` (None if none is)."""
-        s = self
-        while s is not None and s.levels.isdisjoint(levels):
-            s = s.parent
-        return s

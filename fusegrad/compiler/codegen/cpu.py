@@ -17,18 +17,15 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from math import prod
 from typing import NamedTuple
 
-from ...ir.printer import short_loc, var_names
 from ..artifact import (ARENA, BASES, CONSTANTS, FLOATS, INTS, SCRATCH, ZERO, CompiledProgram,
                         Entry, Input, Kernel, Output)
-from ..passes.prepare import batch_suffix
-from .common import LOOP_KINDS
 from .common import structural_names as _region_names
 from .cpu_library import library_kernel
 from .cpu_loops import CHUNKS, LoopKernel
-from .cpu_movement import MOVEMENT, Array, Count, Flag, Int, LibCall
+from .cpu_movement import Array, Count, Flag, Int, LibCall
+from .schedule import ScheduleWriter
 
 KERNEL_HEADER = '''"""fusegrad kernel {name}: {kind} loop over a 2-D space (R, C). Generated; do not edit."""
 import math
@@ -70,15 +67,13 @@ class GeneratedCode:
     readable: dict = field(default_factory=dict)  # kernel name -> source with this program's names
 
 
-class _Builder:
+class _Builder(ScheduleWriter):
+    TARGET = "CPU"
+
     def __init__(self, program, exact_math=False, guard=None):
-        self.fused = program.fused
-        self.plan = program.plan
+        super().__init__(program, guard)
         self.stats = program.stats()
-        self.names = var_names(self.fused)
         self.exact_math = exact_math
-        self.guard = guard
-        self.ref: dict = {}
         self.kernels: list[Kernel] = []
         self.kernel_index: dict = {}  # name -> index
         self.readable: dict = {}
@@ -89,31 +84,26 @@ class _Builder:
         self.floats: list[float] = []
         self.schedule: list[str] = []
         self.scratch_bytes = 0
-        self.constants: list = []
+        self.constants: list = []  # every constant's values, at CONSTANTS + its offset
+        self._constant_bytes = 0
         self.loops: dict = {}  # loop kernel structure -> what _make_loop made of it
 
     # ---- where values live ----
-    def locate_values(self):
-        fused, plan = self.fused, self.plan
-        first_input = len(BASES)
-        for k, v in enumerate(fused.inputs):
-            self.ref[v] = Ref(first_input + k, 0, v.dtype, fused.input_names[k])
-        consts = [n for n in fused.nodes if n.op == "constant"]
-        self.constants = [n.attrs["value"].array.reshape(-1) for n in consts]
-        at = 0
-        for n, c in zip(consts, self.constants):
-            self.ref[n.out] = Ref(CONSTANTS, at, n.out.dtype, self.names.get(n.out, "%?"))
-            at += (c.nbytes + 63) // 64 * 64
-        for n in fused.nodes:
-            for v in n.outputs:
-                kind, where = plan.storage[v]
-                if kind == "arena":
-                    self.ref[v] = Ref(ARENA, where.offset, v.dtype, self.names.get(v, "%?"))
-                elif kind == "input":
-                    base = self.ref[fused.inputs[where]]
-                    self.ref[v] = base._replace(dtype=v.dtype)
-                elif kind == "view":
-                    self.ref[v] = self.ref[where]._replace(dtype=v.dtype)
+    def input_ref(self, k, v):
+        return Ref(len(BASES) + k, 0, v.dtype, self.fused.input_names[k])
+
+    def constant_ref(self, k, node):
+        values = node.attrs["value"].array.reshape(-1)
+        self.constants.append(values)
+        at = self._constant_bytes
+        self._constant_bytes += (values.nbytes + 63) // 64 * 64
+        return Ref(CONSTANTS, at, node.out.dtype, self.names.get(node.out, "%?"))
+
+    def arena_ref(self, v, buffer):
+        return Ref(ARENA, buffer.offset, v.dtype, self.names.get(v, "%?"))
+
+    def retyped(self, ref, v):
+        return ref._replace(dtype=v.dtype)
 
     # ---- arguments ----
     @staticmethod
@@ -174,38 +164,15 @@ class _Builder:
     }
 
     # ---- one fused kernel node ----
-    def emit_kernel(self, node, env):
-        kind = node.attrs["kind"]
-        if kind == "multi":
-            inner = dict(zip(node.region.inputs, node.inputs))
-            inner.update(zip(node.region.outputs, node.outputs))
-            for k in node.region.nodes:
-                self.emit_kernel(k, lambda v, inner=inner: env(inner[v]))
-            return
-        ins = [env(v) for v in node.inputs]
-        outs = [env(v) for v in node.outputs]
-        what = f"{', '.join(self.names.get(v, '%?') for v in node.outputs)} = {kind}"
-        loc = short_loc(node.loc)
-        if kind in LOOP_KINDS:
-            self.emit_loop(node, ins, outs, what, loc)
-            return
-        (prim,) = node.region.nodes  # one primitive: its operands, by position
-        operand = dict(zip(node.region.inputs, ins))
-        prim_ins = [operand[v] for v in prim.inputs]
-        if kind == "gemm":
-            self.emit_gemm(prim, prim_ins, outs, what, loc)
-            return
-        emitter = MOVEMENT.get(prim.op)
-        if emitter is None:
-            raise NotImplementedError(f"no CPU emitter for a lone {prim.op} kernel")
-        for call in emitter(prim, prim_ins, outs[0]):
+    def movement(self, prim, calls, what, loc):
+        for call in calls:
             self.library(call, f"{what} {prim.op}", loc)
 
     @staticmethod
     def _key(ref: Ref):
         return (ref.base, ref.offset)
 
-    def emit_loop(self, node, ins, outs, what, loc):
+    def loop(self, node, ins, outs, what, loc):
         keys = [self._key(r) for r in ins]
         # an output stored in its input's memory is stored through that input's own pointer
         inplace = {k: keys.index(self._key(o)) for k, o in enumerate(outs)
@@ -267,8 +234,8 @@ class _Builder:
         row_cache = ((len(kernel.row_slots), kernel._row_cache_dtype())
                      if kernel.row_slots else None)
         return (name, index, kernel.flat, tuple(kernel.partials), row_cache,
-                tuple(position[n] for n in kernel.fconst_nodes),
-                tuple(position[n] for n in kernel.iconst_nodes))
+                tuple(position[n] for n in kernel.consts.float_nodes),
+                tuple(position[n] for n in kernel.consts.int_nodes))
 
     def _readable_names(self, node):
         """This program's %N names for the region's values (for render_source)."""
@@ -276,44 +243,27 @@ class _Builder:
                                                        *(u for n in node.region.nodes
                                                          for u in n.outputs))}
 
-    def emit_gemm(self, mm, ins, outs, what, loc):
-        a, b = mm.inputs
-        ta, tb = mm.attrs["transpose_a"], mm.attrs["transpose_b"]
-        m, n = mm.out.shape[-2:]
-        k = a.shape[-2] if ta else a.shape[-1]
-        batch_shape = mm.out.shape[:-2]
-        for x in (a, b):  # prepare_for_fusion leaves only suffix batch broadcasts
-            if not batch_suffix(x.shape[:-2], batch_shape):
-                raise NotImplementedError(f"matmul batch broadcasting {a.type} @ {b.type}")
+    def gemm(self, mm, ins, outs, shape, what, loc):
         fn = "gemm" if mm.out.dtype.startswith("float") else "gemm_loops"
-        sizes = [Int(v) for v in (prod(batch_shape), prod(a.shape[:-2]), prod(b.shape[:-2]),
-                                  m, n, k)]
-        self.library(LibCall(fn, (Array(ins[0]), Array(ins[1]), Array(outs[0]), *sizes,
-                                  Flag(ta), Flag(tb))), what, loc)
+        self.library(LibCall(fn, (Array(ins[0]), Array(ins[1]), Array(outs[0]),
+                                  *(Int(v) for v in shape.sizes), Flag(shape.transpose_a),
+                                  Flag(shape.transpose_b))), what, loc)
+
+    def check_loss(self, var):
+        self.library(LibCall("check_finite", (Array(self.ref[var]), Count(var.type.size))),
+                     f"{self.names.get(var, '%?')} is finite: before any parameter is "
+                     f"overwritten", check="loss")
+
+    def copy_back(self, out, k):
+        v = self.fused.outputs[out]
+        self.library(LibCall("copy", (Array(self.ref[v]), Array(self.ref[self.fused.inputs[k]]),
+                                      Count(v.type.size))),
+                     f"{self.fused.output_names[out]} (not in place)")
 
     # ---- the whole program ----
     def generate(self) -> GeneratedCode:
+        self.write()
         fused, plan = self.fused, self.plan
-        self.locate_values()
-        aliased_writes = {v for v, (kind, _) in plan.storage.items() if kind == "input"}
-        guard_var = fused.outputs[self.guard] if self.guard is not None else None
-        for node in fused.nodes:
-            if node.op != "kernel":
-                continue
-            self.emit_kernel(node, self.ref.__getitem__)
-            if guard_var is not None and guard_var in node.outputs:
-                loss = self.ref[guard_var]
-                self.library(LibCall("check_finite", (Array(loss), Count(guard_var.type.size))),
-                             f"{self.names.get(guard_var, '%?')} is finite: before any "
-                             f"parameter is overwritten", check="loss")
-                guard_var = None
-            elif guard_var is not None and aliased_writes & set(node.outputs):
-                raise AssertionError("a parameter is overwritten before the loss is checked")
-        for o, i in plan.copies_back:
-            v = fused.outputs[o]
-            self.library(LibCall("copy", (Array(self.ref[v]), Array(self.ref[fused.inputs[i]]),
-                                          Count(v.type.size))),
-                         f"{fused.output_names[o]} (not in place)")
         program = CompiledProgram(
             name=fused.name, kernels=self.kernels, entries=self.entries,
             arg_base=self.arg_base, arg_offset=self.arg_offset, ints=self.ints,

@@ -17,16 +17,13 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from math import prod
 
 from ...ir import Attrs, Graph, Node
-from ...ir.printer import short_loc, var_names
-from ..passes.prepare import batch_suffix
-from .common import LOOP_KINDS, Table, structural_names
+from .common import Table, structural_names
 from .cpu_expr import literal
-from .cpu_movement import MOVEMENT
 from .cuda_config import LaunchConfig, blocks_for
 from .cuda_loops import CudaLoop, multi_source
+from .schedule import ScheduleWriter
 
 # CUDA passes a kernel's arguments in 4 KiB: Numba spends 56 bytes on a 1-D array, 8 on a
 # scalar; a multi-tensor update larger than this budget is split into several launches
@@ -67,16 +64,14 @@ class CudaCode:
     signatures: dict = field(default_factory=dict)  # name -> argument types ("int64", "f:float32")
 
 
-class _Driver:
+class _Driver(ScheduleWriter):
+    TARGET = "CUDA"
+
     def __init__(self, program, cfg: LaunchConfig, guard=None):
-        self.fused = program.fused
-        self.plan = program.plan
+        super().__init__(program, guard)
         self.cfg = cfg
-        self.guard = guard
-        self.names = var_names(self.fused)
         self.dims = Table("dims", int)
         self.fconst = Table("fconst", float)
-        self.ref: dict = {}
         self.lines: list[str] = []
         self.calls: list = []  # (line index, comment) of every launch, for run_profiled
         self.kernels: dict = {}
@@ -87,28 +82,20 @@ class _Driver:
         self.snapshots: list = []
         self.scratch = 0
 
-    # ---- values and where they live ----
-    def define_values(self):
-        for k, v in enumerate(self.fused.inputs):
-            self.ref[v] = f"i{k}"
-        consts = [n for n in self.fused.nodes if n.op == "constant"]
-        for k, n in enumerate(consts):
-            self.ref[n.out] = f"c{k}"
-            self.lines.append(f"c{k} = rt.consts[{k}]  # {self.names[n.out]} (constant)")
-        for n in self.fused.nodes:
-            for v in n.outputs:
-                kind, where = self.plan.storage[v]
-                if kind == "arena":
-                    name = f"v{self.names[v][1:]}"
-                    self.lines.append(f"{name} = V[{len(self.views)}]  # {self.names[v]} "
-                                      f"({v.dtype}) in buf{where.index}")
-                    self.views.append((where.offset, v.type.nbytes, v.dtype))
-                    self.ref[v] = name
-                elif kind == "input":
-                    self.ref[v] = f"i{where}"
-                elif kind == "view":
-                    self.ref[v] = self.ref[where]
-        return consts
+    # ---- values and where they live: the driver's locals ----
+    def input_ref(self, k, v):
+        return f"i{k}"
+
+    def constant_ref(self, k, node):
+        self.lines.append(f"c{k} = rt.consts[{k}]  # {self.names[node.out]} (constant)")
+        return f"c{k}"
+
+    def arena_ref(self, v, buffer):
+        name = f"v{self.names[v][1:]}"
+        self.lines.append(f"{name} = V[{len(self.views)}]  # {self.names[v]} "
+                          f"({v.dtype}) in buf{buffer.index}")
+        self.views.append((buffer.offset, v.type.nbytes, v.dtype))
+        return name
 
     def location(self, v):
         """The storage v occupies: ("arena", buffer index), ("input", i) or ("const", node)."""
@@ -156,46 +143,33 @@ class _Driver:
         self.calls.append((len(self.lines) - 1, comment))
 
     def _consts(self, fn):
-        return [self.fconst(x) for x in fn.fconsts] + [self.dims(x) for x in fn.iconsts]
+        return [self.fconst(x) for x in fn.floats] + [self.dims(x) for x in fn.ints]
 
     @staticmethod
     def _signature(arrays, fn, sizes=2, extra=()):
         return (["int64"] * sizes + [f"f:{v.dtype}" for v in arrays] + list(extra)
-                + ["float64"] * len(fn.fconsts) + ["int64"] * len(fn.iconsts))
+                + ["float64"] * len(fn.floats) + ["int64"] * len(fn.ints))
 
-    def emit_kernel(self, node):
-        kind = node.attrs["kind"]
-        ins = [self.ref[v] for v in node.inputs]
-        outs = [self.ref[v] for v in node.outputs]
-        comment = self._comment(node, node.outputs)
-        if kind == "multi":
-            for part in self._multi_parts(node):
-                self.emit_multi(part, [self.ref[v] for v in part.inputs],
-                                [self.ref[v] for v in part.outputs],
-                                self._comment(node, part.outputs))
-        elif kind in LOOP_KINDS:
-            self.emit_loop(node, ins, outs, comment)
-        else:
-            (prim,) = node.region.nodes  # one primitive: its operands, by position
-            operand = dict(zip(node.region.inputs, ins))
-            prim_ins = [operand[v] for v in prim.inputs]
-            if kind == "gemm":
-                self.emit_gemm(prim, prim_ins, outs, comment)
-                return
-            emitter = MOVEMENT.get(prim.op)
-            if emitter is None:
-                raise NotImplementedError(f"no CUDA emitter for a lone {prim.op} kernel")
-            calls = emitter(prim, prim_ins, outs[0])
-            lines = [render_call(c, self.dims) for c in calls]
-            self.lines += [lines[0] + comment] + lines[1:]
-            self.calls.append((len(self.lines) - 1, comment))
-            self.library.update(c.fn for c in calls)
-
-    def _comment(self, node, outputs):
+    @staticmethod
+    def _comment(what, loc):
         """`  # %3, %4 = row (model.py:12)`: what a launch computes, and where it came from."""
-        loc = short_loc(node.loc)
-        return (f"  # {', '.join(self.names.get(v, '%?') for v in outputs)} = "
-                f"{node.attrs['kind']}" + (f" ({loc})" if loc else ""))
+        return f"  # {what}" + (f" ({loc})" if loc else "")
+
+    def loop(self, node, ins, outs, what, loc):
+        self.emit_loop(node, ins, outs, self._comment(what, loc))
+
+    def multi(self, node, ins, outs, what, loc):
+        for part in self._multi_parts(node):
+            self.emit_multi(part, [self.ref[v] for v in part.inputs],
+                            [self.ref[v] for v in part.outputs],
+                            self._comment(self.what(node, part.outputs), loc))
+
+    def movement(self, prim, calls, what, loc):
+        comment = self._comment(what, loc)
+        lines = [render_call(c, self.dims) for c in calls]
+        self.lines += [lines[0] + comment] + lines[1:]
+        self.calls.append((len(self.lines) - 1, comment))
+        self.library.update(c.fn for c in calls)
 
     def emit_loop(self, node, ins, outs, comment):
         name = node.attrs["name"]
@@ -287,20 +261,24 @@ class _Driver:
         args = [self.dims(x) for rc in RC for x in rc] + [*ins, *outs, *self._consts(fn)]
         self.launch(name, blocks_for(total, self.cfg), args, comment)
 
-    def emit_gemm(self, mm, ins, outs, comment):
-        a, b = mm.inputs
-        ta, tb = mm.attrs["transpose_a"], mm.attrs["transpose_b"]
-        m, n = mm.out.shape[-2:]
-        k = a.shape[-2] if ta else a.shape[-1]
-        batch_shape = mm.out.shape[:-2]
-        for x in (a, b):  # prepare_for_fusion leaves only suffix batch broadcasts
-            if not batch_suffix(x.shape[:-2], batch_shape):
-                raise NotImplementedError(f"matmul batch broadcasting {a.type} @ {b.type}")
-        sizes = ", ".join(self.dims(v) for v in (prod(batch_shape), prod(a.shape[:-2]),
-                                                  prod(b.shape[:-2]), m, n, k))
+    def gemm(self, mm, ins, outs, shape, what, loc):
+        comment = self._comment(what, loc)
+        sizes = ", ".join(self.dims(v) for v in shape.sizes)
         self.library.add("gemm")
-        self.lines.append(f"gemm({ins[0]}, {ins[1]}, {outs[0]}, {sizes}, {ta}, {tb}){comment}")
+        self.lines.append(f"gemm({ins[0]}, {ins[1]}, {outs[0]}, {sizes}, {shape.transpose_a}, "
+                          f"{shape.transpose_b}){comment}")
         self.calls.append((len(self.lines) - 1, comment))
+
+    def check_loss(self, var):
+        self.library.add("finite")
+        self.lines.append(f"if not finite({self.ref[var]}, rt.loss_host):"
+                          f"  # the loss: stop before any parameter is overwritten")
+        self.lines.append("    return False")
+
+    def copy_back(self, out, k):
+        self.library.add("copy")
+        self.lines.append(f"copy({self.ref[self.fused.outputs[out]]}, i{k})"
+                          f"  # {self.fused.output_names[out]} (not in place)")
 
     # ---- the module ----
     def _profiled(self, params):
@@ -322,26 +300,8 @@ class _Driver:
                 "rt.scratch")
 
     def generate(self) -> CudaCode:
-        self.define_values()
-        aliased_writes = {v for v, (kind, _) in self.plan.storage.items() if kind == "input"}
-        guard_var = self.fused.outputs[self.guard] if self.guard is not None else None
-        guard_dtype = guard_var.dtype if guard_var is not None else None
-        for node in self.fused.nodes:
-            if node.op != "kernel":
-                continue
-            self.emit_kernel(node)
-            if guard_var is not None and guard_var in node.outputs:
-                self.library.add("finite")
-                self.lines.append(f"if not finite({self.ref[guard_var]}, rt.loss_host):"
-                                  f"  # the loss: stop before any parameter is overwritten")
-                self.lines.append("    return False")
-                guard_var = None
-            elif guard_var is not None and aliased_writes & set(node.outputs):
-                raise AssertionError("a parameter is overwritten before the loss is checked")
-        for o, i in self.plan.copies_back:
-            self.library.add("copy")
-            self.lines.append(f"copy({self.ref[self.fused.outputs[o]]}, i{i})"
-                              f"  # {self.fused.output_names[o]} (not in place)")
+        self.write()
+        guard_dtype = self.fused.outputs[self.guard].dtype if self.guard is not None else None
         self.lines.append("return True")
         params = ["rt", *(f"i{k}" for k in range(len(self.fused.inputs)))]
         header = self.header()
