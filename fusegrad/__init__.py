@@ -8,7 +8,7 @@ from .api import grad, jit, value_and_grad
 from .device import device_put, to_numpy
 from .gradcheck import GradientCheckError, check_grads
 from . import optim
-from .backend import IndexOutOfRangeError
+from .ir.interpret import IndexOutOfRangeError
 from .train import (CheckpointError, NonFiniteGradientError, NonFiniteLossError, TrainStep,
                     train_step)
 from .runtime.loop import fit

@@ -264,7 +264,7 @@ class TrainStep:
         runner = self._runner(prog)
         self._last_inputs = inputs
         n_aux = prog.aux_tree.num_leaves if self.has_aux else 0
-        in_place = runner.build is not None  # the compiled step writes params and state itself
+        in_place = runner.updates_in_place  # the compiled step writes params and state itself
         with _Uninterruptible():  # the update and the count of steps go together
             ok, outs = runner.run(inputs, want=range(1 + n_aux) if in_place else None)
             loss = outs[0]
