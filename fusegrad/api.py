@@ -14,16 +14,20 @@ import numpy as np
 from .backend import Runner, check_target, compiling
 from .compiler.autodiff import differentiate
 from .compiler.trace import Traced, graph_inputs, has_tracer, inline, signature_key, trace
-from .ir.printer import format_graph
+from .inspection import Inspection
 from .ir.types import is_device_array
 from .pytree import TreeDef, unflatten
 
 log = logging.getLogger("fusegrad")
-STAGES = ("forward", "backward", "optimized", "fused")
 
 
-class CompiledFunction:
-    """A traced-and-cached function. `ir()` shows its graph."""
+class CompiledFunction(Inspection):
+    """A traced-and-cached function. `ir`, `source`, `stats`, `memory_plan` and `dump` show
+    what was compiled for the last call, or for example arguments passed to them
+    (inspection.py)."""
+
+    WHOLE = "graph"
+    PARTS = ("forward", "backward")
 
     def __init__(self, fn, target=None, name=None):
         functools.update_wrapper(self, fn)
@@ -74,28 +78,9 @@ class CompiledFunction:
                                f"arguments to .ir(...)")
         return self._last
 
-    def ir(self, part: str | None = None, *args) -> str:
-        """Text of the traced graph; `part` = "forward" or "backward" shows only that part,
-        "optimized" / "fused" the compiler's stages."""
+    def _inspected(self, *args):
         traced = self.trace(*args)
-        graph = traced.graph
-        if part is None:
-            return str(graph)
-        if part not in STAGES:
-            raise ValueError(f"part must be one of {STAGES}, got {part!r}")
-        if part in ("optimized", "fused"):
-            from .compiler.dump import format_fused
-
-            program = self.runner(traced).program
-            return str(program.optimized) if part == "optimized" else format_fused(program.fused)
-        return format_graph(graph, parts=(part,))
-
-    def source(self, *args) -> str:
-        """The generated Numba module (driver and kernels) for the last (or given) signature."""
-        return self.runner(self.trace(*args)).source()
-
-    def stats(self, *args) -> dict:
-        return self.runner(self.trace(*args)).stats()
+        return traced.graph, self.runner(traced)
 
     @property
     def cache_size(self) -> int:

@@ -22,13 +22,12 @@ from .backend import Runner, check_target, compiling
 from .compiler.step import StepGraph, build_step_graph
 from .compiler.trace import arg_names, graph_inputs, signature_key, signature_of
 from .device import copy_into, device_put, is_device_array, to_numpy, zeros
-from .ir.printer import format_graph
+from .inspection import Inspection
 from .pytree import flatten, leaf_paths, unflatten
 from .runtime.files import write_atomic
 
 log = logging.getLogger("fusegrad")
 
-STAGES = ("forward", "backward", "update", "step", "optimized", "fused")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -133,8 +132,12 @@ def _trainable_mask(trainable, params) -> list[bool]:
             for m, x in zip(mask, leaves)]
 
 
-class TrainStep:
-    """A compiled training step. Call it as `step(params, *batch)`."""
+class TrainStep(Inspection):
+    """A compiled training step. Call it as `step(params, *batch)`; `ir`, `source`, `stats`,
+    `memory_plan` and `dump` show what was compiled (inspection.py)."""
+
+    WHOLE = "step"  # the traced step: forward, backward and the optimizer's update
+    PARTS = ("forward", "backward", "update")
 
     def __init__(self, loss_fn, optimizer, has_aux=False, trainable=None, seed=0,
                  target=None, remat="none"):
@@ -308,33 +311,15 @@ class TrainStep:
                 k = first_state + j * n_slots + s_i
                 self._slots[s][leaf] = outs[out_of_input[k]]
 
-    # ---- inspection ----
+    # ---- inspection (the rest is inspection.Inspection) ----
     def _require(self) -> StepGraph:
         if self._last is None:
             raise RuntimeError("the step has not been compiled yet: call it once first")
         return self._last
 
-    def ir(self, stage: str = "step") -> str:
-        """Text of a stage: "forward", "backward", "update", the whole "step", or the
-        compiler's "optimized" and "fused" graphs."""
-        if stage not in STAGES:
-            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+    def _inspected(self):
         prog = self._require()
-        if stage in ("optimized", "fused"):
-            from .compiler.dump import format_fused
-
-            program = self._runner(prog).program
-            return str(program.optimized) if stage == "optimized" else format_fused(program.fused)
-        graph = prog.graph
-        return str(graph) if stage == "step" else format_graph(graph, parts=(stage,))
-
-    def memory_plan(self) -> str:
-        """The memory plan of the step, buffer by buffer."""
-        return str(self._runner(self._require()).program.plan)
-
-    def source(self) -> str:
-        """The generated Numba module: the driver and every kernel."""
-        return self._runner(self._require()).source()
+        return prog.graph, self._runner(prog)
 
     def profile(self, params, *batch, repeats=5) -> list:
         """Time every kernel call of the compiled step on this batch: [(what it computes,
@@ -348,25 +333,6 @@ class TrainStep:
         if self.target == "cuda":
             copies = [device_put(x) if k in written else x for k, x in enumerate(copies)]
         return runner.profile(copies, repeats)
-
-    def stats(self) -> dict:
-        """kernels, peak_bytes, naive_bytes, compile time and cache figures of the last step."""
-        return self._runner(self._require()).stats()
-
-    def dump(self, directory) -> str:
-        """Write every stage, the DOT graph, the kernel source and the memory plan."""
-        from pathlib import Path
-
-        from .compiler.dump import dump_program
-
-        runner = self._runner(self._require())
-        program = runner.program
-        folder = dump_program(directory, self.name, program.fused, program.plan,
-                              source=runner.source())
-        for stage in ("forward", "backward", "update", "step", "optimized"):
-            (Path(folder) / f"{stage}.txt").write_text(self.ir(stage) + "\n")
-        (Path(folder) / "step.dot").write_text(self._last.graph.to_dot() + "\n")
-        return str(folder)
 
     @property
     def state(self) -> dict:

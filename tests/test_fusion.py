@@ -418,3 +418,19 @@ def test_step_dump_writes_every_stage(tmp_path):
     assert (folder / "91_memory_plan.txt").read_text() == c.step.memory_plan() + "\n"
     assert (folder / "93_kernels.py").read_text().strip()
     assert (folder / "step.dot").exists() and (folder / "92_fused.dot").exists()
+
+
+def test_functions_show_what_steps_show(tmp_path):
+    """fg.jit / fg.grad functions inspect like train steps (one mixin): every stage, the memory
+    plan, the generated code and a dump, for the last call or for example arguments."""
+    g = fg.grad(lambda x: fg.sum(fg.tanh(x) * x), target="interpret")
+    x = np.linspace(-1, 1, 6).reshape(2, 3)
+    assert "tanh" in g.ir(None, x) and g.ir() == g.ir("graph")
+    assert "# ---- backward ----" in g.ir("backward")
+    assert "kernel" in g.ir("fused") and g.memory_plan().startswith("memory plan")
+    with pytest.raises(ValueError, match="stage must be one of"):
+        g.ir("update")  # a function has no optimizer update
+    folder = Path(g.dump(tmp_path))
+    for stage in ("forward", "backward", "graph", "optimized"):
+        assert (folder / f"{stage}.txt").read_text() == g.ir(stage) + "\n"
+    assert (folder / "93_kernels.py").read_text().strip() and (folder / "graph.dot").exists()
