@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import crosscheck
+from . import config, crosscheck
 from .compiler.artifact import STATUS_INDEX, STATUS_NONFINITE, CompiledProgram
 from .compiler.pipeline import Program, compile_graph
 from .ir import interpret
@@ -36,7 +36,7 @@ log = logging.getLogger("fusegrad")
 
 
 def default_target() -> str:
-    return os.environ.get("FUSEGRAD_TARGET", "cpu")
+    return config.get("FUSEGRAD_TARGET")
 
 
 def check_target(target):
@@ -51,7 +51,7 @@ def check_target(target):
 
 
 def exact_math() -> bool:
-    return os.environ.get("FUSEGRAD_EXACT_MATH", "") not in ("", "0")
+    return config.get("FUSEGRAD_EXACT_MATH")
 
 
 KERNEL_COMPILERS = ("native", "numba")
@@ -60,7 +60,7 @@ KERNEL_COMPILERS = ("native", "numba")
 def kernel_compiler() -> str:
     """FUSEGRAD_KERNEL_COMPILER: "native" (the default, compiler/native) or "numba" (the
     reference: the same kernel text compiled by Numba, uncached)."""
-    choice = os.environ.get("FUSEGRAD_KERNEL_COMPILER", "native")
+    choice = config.get("FUSEGRAD_KERNEL_COMPILER")
     if choice not in KERNEL_COMPILERS:
         raise ValueError(f"FUSEGRAD_KERNEL_COMPILER must be one of {KERNEL_COMPILERS}, got "
                          f"{choice!r}")

@@ -10,13 +10,13 @@ the tiled kernel, as does FUSEGRAD_CUDA_GEMM=tiled on a GPU.
 """
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 
 import numba
 import numpy as np
 from numba import cuda
 
+from ... import config
 from .cuda_config import launch_config
 
 
@@ -24,7 +24,7 @@ from .cuda_config import launch_config
 @lru_cache(maxsize=None)
 def _cupy():
     """The CuPy module when cuBLAS can be used here, else None."""
-    if launch_config().simulator or os.environ.get("FUSEGRAD_CUDA_GEMM") == "tiled":
+    if launch_config().simulator or config.get("FUSEGRAD_CUDA_GEMM") == "tiled":
         return None
     try:
         import cupy
