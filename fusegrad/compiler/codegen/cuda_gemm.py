@@ -58,6 +58,8 @@ def _as_cupy(cp, x):
         if _views.get(key, (None,))[0] is ref:  # not a newer array's entry under a reused id
             _views.pop(key, None)
 
+    if not hasattr(x, "__cuda_array_interface__"):  # a host array (NumPy standing in for CuPy)
+        return cp.asarray(x)
     try:
         ref = weakref.ref(x, forget)
     except TypeError:  # an array that cannot be weakly referenced: not cached
