@@ -139,7 +139,3 @@ def markdown_table() -> str:
                        if s.kind == "choice" and "`" not in s.doc else "")
         lines.append(f"| `{s.name}` | {cell(s)} | {'tests: ' if s.test else ''}{doc} |")
     return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    print(markdown_table())

@@ -118,8 +118,8 @@ def test_readme_settings_table_is_the_config_table():
     readme = (ROOT / "README.md").read_text()
     assert "## Settings" in readme
     assert config.markdown_table() in readme, (
-        "README's Settings table differs from fusegrad/config.py: paste the output of "
-        "`python3 -m fusegrad.config` into it")
+        "README's Settings table differs from fusegrad/config.py: paste in the output of "
+        "python3 -c 'from fusegrad import config; print(config.markdown_table())'")
 
 
 def test_nothing_else_in_fusegrad_reads_the_environment():
