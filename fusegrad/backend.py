@@ -11,21 +11,20 @@ generic dispatcher, "cuda" Numba CUDA kernels, "interpret" the NumPy interpreter
 from __future__ import annotations
 
 import gc
-import os
 import time
 from functools import lru_cache
 from pathlib import Path
 
-from . import crosscheck
+from . import config, crosscheck
+from .backends import BACKENDS, backend_class
 from .compiler.artifact import CompiledProgram
 from .compiler.pipeline import Program, compile_graph
-from .backends import BACKENDS, backend_class
 
 TARGETS = tuple(BACKENDS)
 
 
 def default_target() -> str:
-    return os.environ.get("FUSEGRAD_TARGET", "cpu")
+    return config.get("FUSEGRAD_TARGET")
 
 
 def check_target(target):
@@ -40,7 +39,7 @@ def check_target(target):
 
 
 def exact_math() -> bool:
-    return os.environ.get("FUSEGRAD_EXACT_MATH", "") not in ("", "0")
+    return config.get("FUSEGRAD_EXACT_MATH")
 
 
 KERNEL_COMPILERS = ("native", "numba")
@@ -49,7 +48,7 @@ KERNEL_COMPILERS = ("native", "numba")
 def kernel_compiler() -> str:
     """FUSEGRAD_KERNEL_COMPILER: "native" (the default, compiler/native) or "numba" (the
     reference: the same kernel text compiled by Numba, uncached)."""
-    choice = os.environ.get("FUSEGRAD_KERNEL_COMPILER", "native")
+    choice = config.get("FUSEGRAD_KERNEL_COMPILER")
     if choice not in KERNEL_COMPILERS:
         raise ValueError(f"FUSEGRAD_KERNEL_COMPILER must be one of {KERNEL_COMPILERS}, got "
                          f"{choice!r}")

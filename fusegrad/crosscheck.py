@@ -6,10 +6,9 @@ naming the output, the first element that differs and both values.
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
+from . import config
 from .ir import interpret
 
 # float32 results differ from the interpreter by the approximations of exp/tanh/erf (a few ulp)
@@ -19,7 +18,7 @@ TOLERANCE = {"float32": (2e-4, 2e-5), "float64": (1e-9, 1e-11)}  # rtol, atol pe
 
 
 def enabled() -> bool:
-    return os.environ.get("FUSEGRAD_CROSSCHECK", "") not in ("", "0")
+    return config.get("FUSEGRAD_CROSSCHECK")
 
 
 def reference_outputs(graph, inputs) -> list:

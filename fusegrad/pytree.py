@@ -80,9 +80,3 @@ def _paths(td, path, paths):
     else:
         for i, c in enumerate(td.children):
             _paths(c, f"{path}[{i}]", paths)
-
-
-def tree_map(fn, tree, *rest):
-    leaves, td = flatten(tree)
-    others = [flatten(r)[0] for r in rest]
-    return unflatten(td, [fn(x, *ys) for x, *ys in zip(leaves, *others)])

@@ -1,8 +1,11 @@
 """Accuracy, special values and vectorisation of the float32 math approximations in cpu_math.
 
-Every function is evaluated the way generated kernels use it: inlined into an @njit loop compiled
-with cpu_math.FLAGS, and compared against float64 NumPy/SciPy references. The bounds asserted here
-are the ones documented in the module docstring (measured maximum, rounded up a little).
+The accuracy tests (sweeps, special values) run every function the way users' programs do:
+`fg.jit(fg.exp)` and so on, whose generated kernel calls exp_f32 and is compiled, with the
+fast-math flags of its @kernel line, by the kernel compiler the product uses, and compare against
+float64 NumPy/SciPy references. So a change of the shipped flags that breaks accuracy fails here.
+The bounds asserted are the ones documented in the module docstring (measured maximum, rounded
+up a little). The vectorisation and inlining tests compile cpu_math directly with Numba.
 """
 import math
 import re
@@ -12,6 +15,7 @@ import numpy as np
 import pytest
 from scipy import special
 
+import fusegrad as fg
 from fusegrad.compiler.codegen import cpu_math as cm
 
 FI = np.finfo(np.float32)
@@ -40,11 +44,35 @@ REF = {
 }
 
 
-def run(name, x, loops=LOOPS):
+# the shipped path: one fusegrad program per function, its kernel generated and compiled as any
+# user's is (the kernel text's own fastmath flags, the default kernel compiler)
+SHIPPED = {name: fg.jit(getattr(fg, name)) for name in cm.APPROX}
+
+
+@pytest.fixture(autouse=True)
+def _shipped_settings(monkeypatch):
+    monkeypatch.delenv("FUSEGRAD_EXACT_MATH", raising=False)  # the approximations, not libm
+    monkeypatch.delenv("FUSEGRAD_KERNEL_COMPILER", raising=False)  # the default compiler
+    monkeypatch.delenv("FUSEGRAD_TARGET", raising=False)  # the default target
+    monkeypatch.setenv("FUSEGRAD_CROSSCHECK", "0")  # checked against float64 references here
+
+
+def run(name, x, loops=None):
+    """f(x) for float32 x: through the shipped path, or `loops[name]` (an @njit loop)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
+    if loops is None:
+        return np.asarray(SHIPPED[name](x))
     out = np.empty_like(x)
     loops[name](x, out)
     return out
+
+
+@pytest.mark.parametrize("name", list(cm.APPROX))
+def test_the_shipped_kernel_calls_the_approximation(name):
+    x = np.ones(8, np.float32)
+    kernel = SHIPPED[name].source(x).split("# ---- kernel")[1]
+    assert re.search(r"@kernel\(.*fastmath=", kernel), kernel  # flags from the generated text
+    assert f"{name}_f32(" in kernel, kernel
 
 
 def reference(name, x):
@@ -266,7 +294,7 @@ def _loop_ir(loop):
 @pytest.mark.parametrize("name", list(cm.APPROX))
 def test_loop_vectorises(name):
     loop = LOOPS[name]
-    run(name, np.ones(8, np.float32))
+    run(name, np.ones(8, np.float32), LOOPS)
     body = _loop_ir(loop)
     assert re.search(r"<(4|8|16) x float>", body), "loop was not vectorised"
     calls = re.findall(r"call [^@]*@([\w.$]+)", body)

@@ -143,3 +143,40 @@ def test_cpu_path_imports_no_cuda_module():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                           cwd=str(ROOT), timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_cupy_views_keep_no_array_alive():
+    """cuda_gemm caches one CuPy view per device array (the driver passes the same views of its
+    arena every step), but must not keep the arrays, and so dead programs' arenas, alive."""
+    import gc
+    import weakref
+
+    from fusegrad.compiler.codegen import cuda_gemm
+
+    class Array:  # a device array as far as _as_cupy sees one
+        def __init__(self, ptr):
+            self.__cuda_array_interface__ = {"data": (ptr, False), "shape": (4,),
+                                             "typestr": "<f4", "strides": None, "version": 3}
+
+    class CuPy:  # like CuPy, a view keeps the object it wraps alive
+        def __init__(self):
+            self.made = []
+
+        def asarray(self, obj):
+            view = ("view", obj)
+            self.made.append(view)
+            return view
+
+    cp = CuPy()
+    before = dict(cuda_gemm._views)
+    arrays = [Array(0x1000 * (k + 1)) for k in range(3)]
+    views = [cuda_gemm._as_cupy(cp, x) for x in arrays]
+    assert [cuda_gemm._as_cupy(cp, x) for x in arrays] == views  # made once per array
+    assert len(cp.made) == 3
+    for x, (_, wrapped) in zip(arrays, views):
+        assert wrapped is not x and wrapped.__cuda_array_interface__ == x.__cuda_array_interface__
+    refs = [weakref.ref(x) for x in arrays]
+    del arrays, x, views
+    gc.collect()
+    assert all(r() is None for r in refs), "a cached view keeps its device array alive"
+    assert cuda_gemm._views == before  # their entries went with them

@@ -14,7 +14,6 @@ once per session (golden_models.case), so nothing here compiles Numba code.
 from __future__ import annotations
 
 import difflib
-import os
 import re
 from collections import defaultdict
 from pathlib import Path
@@ -23,6 +22,7 @@ import numpy as np
 import pytest
 
 import fusegrad as fg
+from fusegrad import config
 from fusegrad.compiler.dump import format_fused
 from fusegrad.compiler.passes.fusion import fuse, kernel_count, structural_name
 from fusegrad.compiler.passes.loopspace import (REDUCTIONS, MapConflict, Space, infer_maps,
@@ -361,7 +361,7 @@ def test_fused_golden(name):
     """The fused graph's text, costs included. FUSEGRAD_UPDATE_GOLDEN=1 rewrites the files."""
     text = case(name).ir_fused() + "\n"
     path = GOLDEN_DIR / f"{name}.txt"
-    if os.environ.get("FUSEGRAD_UPDATE_GOLDEN", "") not in ("", "0"):
+    if config.get("FUSEGRAD_UPDATE_GOLDEN"):
         path.parent.mkdir(exist_ok=True)
         path.write_text(text)
         return

@@ -9,16 +9,16 @@ A failure prints the program's recipe (`describe()`): the seed reproduces it exa
 """
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pytest
 
 import fusegrad as fg
+from fusegrad import config
 
 from fuzz_programs import random_program
 
-FUZZ_CASES = int(os.environ.get("FUSEGRAD_FUZZ_CASES", "200"))
+FUZZ_CASES = config.get("FUSEGRAD_FUZZ_CASES")
 TOLERANCE = {np.float32: (2e-4, 2e-5), np.float64: (1e-9, 1e-11)}  # rtol, atol per max|x|
 
 

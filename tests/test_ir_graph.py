@@ -2,9 +2,12 @@
 broadcasting, axis normalisation and attribute hashing."""
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -272,6 +275,16 @@ def test_to_dot_parses_with_graphviz():
     result = subprocess.run(["dot", "-Tsvg"], input=step_graph().to_dot(), text=True,
                             capture_output=True, timeout=30)
     assert result.returncode == 0, result.stderr
+
+
+def test_importing_the_ir_does_not_import_tqdm():
+    """The IR needs NumPy and networkx only; tqdm is for fit's progress bar, imported there."""
+    root = Path(__file__).resolve().parent.parent
+    code = "import sys, fusegrad.ir\nassert 'tqdm' not in sys.modules, sorted(sys.modules)\n"
+    env = dict(os.environ, PYTHONPATH=str(root))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          cwd=str(root), timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 # ---------------------------------------------------------------------------------------------

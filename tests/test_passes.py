@@ -8,13 +8,13 @@ what autodiff and the optimizers actually produce.
 """
 from __future__ import annotations
 
-import os
 from collections import Counter
 
 import numpy as np
 import pytest
 
 import fusegrad as fg
+from fusegrad import config
 from fusegrad.compiler import passes
 from fusegrad.compiler.passes import (
     FixedPoint, RewriteError, SIMPLIFY_RULES, check_contract, cse, dce, fold_constants, layout,
@@ -593,7 +593,7 @@ def test_pipeline_merges_the_optimizer_scalars(real_graphs):
 
 
 def test_verify_is_on_for_the_suite():
-    assert os.environ.get("FUSEGRAD_VERIFY") == "1"
+    assert config.get("FUSEGRAD_VERIFY") is True
 
 
 def _drop_first_node(graph):

@@ -5,10 +5,10 @@ Every stage is a pure function and every result is kept, so `step.ir("optimized"
 """
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 
+from .. import config
 from ..ir import Graph
 from ..ir import verify as verify_graph
 from .passes import run_passes
@@ -61,7 +61,7 @@ class _Clock:
 
 def _fuse_and_plan(optimized: Graph, guard, clock):
     fused = clock("fusion", lambda: fuse(prepare_for_fusion(optimized), guard=guard))
-    if os.environ.get("FUSEGRAD_VERIFY", "") not in ("", "0"):
+    if config.get("FUSEGRAD_VERIFY"):
         verify_graph(fused)
     return fused, clock("memory_plan", plan_memory, fused)
 
@@ -75,7 +75,7 @@ def compile_graph(graph: Graph, dump_dir=None, guard: int | None = None,
     if remat not in REMAT:
         raise ValueError(f"remat must be one of {REMAT}, got {remat!r}")
     clock = _Clock(timings)
-    dump_dir = dump_dir or os.environ.get("FUSEGRAD_DUMP") or None
+    dump_dir = dump_dir or config.get("FUSEGRAD_DUMP")
     optimized = clock("passes", run_passes, graph, dump_dir=dump_dir)
     if remat == "mincut":  # passes/remat.py: save a minimum cut, recompute the rest
         optimized = clock("remat", remat_min_cut, optimized)

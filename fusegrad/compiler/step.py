@@ -28,7 +28,6 @@ class StepGraph:
     graph: object  # the step Graph
     traced: Traced  # the forward trace (input/output pytrees)
     trained: tuple  # graph-input indices of the trained parameters
-    n_batch_inputs: int  # graph inputs that are not params (batch leaves and key)
     slots: tuple  # optimizer slot names
     aux_tree: TreeDef | None
     guard: int  # the output checked before any parameter is written (finite iff the loss
@@ -124,7 +123,7 @@ def build_step_graph(loss_fn, optimizer: Optimizer, args, trainable_leaves, has_
     step = b.build(outputs, names, aliases)
     if timings is not None:
         timings.update(trace=t1 - t0, autodiff=t2 - t1, optimizer=time.perf_counter() - t2)
-    return StepGraph(step, fwd, trained, len(args) - 1, tuple(optimizer.slots), aux_tree, guard,
+    return StepGraph(step, fwd, trained, tuple(optimizer.slots), aux_tree, guard,
                      tuple(grad_checks))
 
 

@@ -14,7 +14,8 @@ from .attrs import Attrs
 from .ops import infer_type
 from .types import TensorType
 
-# Input roles (DESIGN.md): what a graph input is to the runtime.
+# Input roles: what a graph input is to the runtime (compiler/step.py lays out a step graph's
+# inputs by role).
 ROLES = ("param", "batch", "state", "hyper", "const")
 # Parts of a whole-step graph, in order; the printer marks where each begins.
 PARTS = ("forward", "backward", "update")
@@ -133,7 +134,6 @@ class GraphBuilder:
         self.input_roles: list[str] = []
         self.nodes: list[Node] = []
         self.part = "forward"
-        self._const_cache: dict = {}
 
     def add_input(self, type: TensorType, name: str, role: str = "batch") -> Var:
         v = Var(type, name)

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import os
 
-from .types import TensorType
-
 
 class _Names:
     def __init__(self):
@@ -129,7 +127,3 @@ def format_graph(graph, annotate=None, parts=None, _names=None) -> str:
         lines[-1] += f"  # {out_names}"
     lines.append("}")
     return "\n".join(lines)
-
-
-def format_type(t: TensorType) -> str:
-    return str(t)

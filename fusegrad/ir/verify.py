@@ -1,7 +1,8 @@
 """The verifier: re-derives every type, checks SSA form, outputs and aliases.
 
-Passes run it after every rewrite when FUSEGRAD_VERIFY=1, so a broken pass is caught where it
-broke the graph, not three stages later.
+With FUSEGRAD_VERIFY=1 it runs after every pass (compiler/passes/manager.py) and on the fused
+graph (compiler/pipeline.py), so a broken pass is caught where it broke the graph, not three
+stages later.
 """
 from __future__ import annotations
 

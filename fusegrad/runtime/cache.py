@@ -24,6 +24,7 @@ import os
 import stat
 from pathlib import Path
 
+from .. import config
 from . import files
 
 VERSION = "v2"
@@ -54,9 +55,7 @@ def _private_dir(path: Path) -> Path:
 
 
 def root() -> Path:
-    base = os.environ.get("FUSEGRAD_CACHE_DIR") or os.path.join(
-        os.path.expanduser("~"), ".cache", "fusegrad")
-    base = Path(base)
+    base = Path(config.get("FUSEGRAD_CACHE_DIR"))
     _private_dir(base)
     return _private_dir(base / VERSION)
 

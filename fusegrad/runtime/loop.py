@@ -5,7 +5,6 @@ import math
 import time
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from ..pytree import flatten
 
@@ -39,6 +38,8 @@ def fit(step, params, data, epochs: int = 1, eval_fn=None, patience: int | None 
     A non-finite loss raises NonFiniteLossError naming the step; the parameters stay as they
     were before that step (the step does not apply it).
     """
+    from tqdm.auto import tqdm  # here, not at import: `import fusegrad` must not need it
+
     if mode not in ("min", "max"):
         raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
     if patience is not None and eval_fn is None:

@@ -2,7 +2,8 @@
 
 The simulator runs every CUDA thread as a Python thread and every block one after the other, so
 there the blocks are small and few (grid-stride loops cover any size); a GPU wants many wide
-blocks. Each size can be overridden by an environment variable, read once per process:
+blocks. Each size can be overridden by an environment variable (fusegrad/config.py), read once
+per process:
 
     FUSEGRAD_CUDA_THREADS   threads per block (a power of two: the reduction trees halve it)
     FUSEGRAD_CUDA_BLOCKS    most blocks of a grid-stride launch
@@ -14,9 +15,10 @@ NUMBA_ENABLE_CUDASIM sets when Numba is imported.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from functools import lru_cache
+
+from ... import config
 
 
 @dataclass(frozen=True)
@@ -47,8 +49,9 @@ def launch_config() -> LaunchConfig:
     sim = simulator_enabled()
     sizes = dict(SIMULATOR if sim else GPU)
     for key, var in ENV.items():
-        if os.environ.get(var):
-            sizes[key] = int(os.environ[var])
+        value = config.get(var)
+        if value is not None:
+            sizes[key] = value
     t = sizes["threads"]
     if t < 1 or t & (t - 1):
         raise ValueError(f"{ENV['threads']}={t}: threads per block must be a power of two")

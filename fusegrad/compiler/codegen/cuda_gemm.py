@@ -10,21 +10,21 @@ the tiled kernel, as does FUSEGRAD_CUDA_GEMM=tiled on a GPU.
 """
 from __future__ import annotations
 
-import os
+import weakref
 from functools import lru_cache
 
 import numba
 import numpy as np
 from numba import cuda
 
+from ... import config
 from .cuda_config import launch_config
-
 
 
 @lru_cache(maxsize=None)
 def _cupy():
     """The CuPy module when cuBLAS can be used here, else None."""
-    if launch_config().simulator or os.environ.get("FUSEGRAD_CUDA_GEMM") == "tiled":
+    if launch_config().simulator or config.get("FUSEGRAD_CUDA_GEMM") == "tiled":
         return None
     try:
         import cupy
@@ -34,16 +34,39 @@ def _cupy():
         return None
 
 
-_views: dict = {}  # id(device array) -> (the array, its CuPy view): made once per buffer
+class _Interface:
+    """A device array's __cuda_array_interface__ without the array: CuPy keeps the object it
+    wraps alive, and a view of this one keeps neither the array nor the arena it is a slice of."""
+
+    def __init__(self, x):
+        self.__cuda_array_interface__ = dict(x.__cuda_array_interface__)
+
+
+# id(device array) -> (weak reference to it, CuPy view of its memory): made once per buffer (the
+# generated driver passes the same views of its arena every step). Nothing here keeps an array
+# alive: when one is collected (its program is gone), its entry goes with it.
+_views: dict = {}
 
 
 def _as_cupy(cp, x):
-    hit = _views.get(id(x))
-    if hit is None or hit[0] is not x:
-        if len(_views) > 4096:  # arrays of earlier programs: let them go
-            _views.clear()
-        hit = _views[id(x)] = (x, cp.asarray(x))
-    return hit[1]
+    key = id(x)
+    hit = _views.get(key)
+    if hit is not None and hit[0]() is x:
+        return hit[1]
+
+    def forget(ref):
+        if _views.get(key, (None,))[0] is ref:  # not a newer array's entry under a reused id
+            _views.pop(key, None)
+
+    if not hasattr(x, "__cuda_array_interface__"):  # a host array (NumPy standing in for CuPy)
+        return cp.asarray(x)
+    try:
+        ref = weakref.ref(x, forget)
+    except TypeError:  # an array that cannot be weakly referenced: not cached
+        return cp.asarray(x)
+    view = cp.asarray(_Interface(x))
+    _views[key] = (ref, view)
+    return view
 
 
 def _cupy_gemm(cp, a, b, out, batch, a_batch, b_batch, m, n, k, ta, tb):

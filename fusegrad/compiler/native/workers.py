@@ -21,6 +21,8 @@ import sys
 import threading
 from pathlib import Path
 
+from ... import config
+
 _MACHINE = Path(__file__).with_name("machine.py")
 _BOOT = f"""
 import importlib.util, struct, sys
@@ -80,9 +82,9 @@ _lock = threading.Lock()
 def wanted() -> int:
     """How many helpers: one fewer than the cores (this process compiles too), at most 7;
     FUSEGRAD_COMPILE_WORKERS overrides (0: compile in this process only)."""
-    setting = os.environ.get("FUSEGRAD_COMPILE_WORKERS")
+    setting = config.get("FUSEGRAD_COMPILE_WORKERS")
     if setting is not None:
-        return max(0, int(setting))
+        return max(0, setting)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return min(max((cores or 1) - 1, 0), 7)
 

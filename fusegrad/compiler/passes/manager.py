@@ -17,12 +17,12 @@ that too when verifying.
 """
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from ... import config
 from ...ir import Graph, VerifyError
 from ...ir import verify as verify_graph
 from .cse import cse
@@ -54,10 +54,6 @@ OPTIMIZE_PIPELINE = (
     ("layout", layout),
     ("canonicalize", CANONICALIZE),
 )
-
-
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
 def check_contract(before: Graph, after: Graph) -> None:
@@ -142,9 +138,9 @@ def run_passes(graph: Graph, pipeline=None, dump_dir=None, verify=None) -> Graph
     Default: the environment variable FUSEGRAD_DUMP.
     """
     if verify is None:
-        verify = _env_flag("FUSEGRAD_VERIFY")
+        verify = config.get("FUSEGRAD_VERIFY")
     if dump_dir is None:
-        dump_dir = os.environ.get("FUSEGRAD_DUMP") or None
+        dump_dir = config.get("FUSEGRAD_DUMP")
     if pipeline is None:
         pipeline = OPTIMIZE_PIPELINE
     return _Run(graph, dump_dir, bool(verify)).run(graph, pipeline)
