@@ -25,6 +25,7 @@ import fusegrad as fg
 from fusegrad import config
 from fusegrad.compiler.dump import format_fused
 from fusegrad.compiler.passes.fusion import fuse, kernel_count, structural_name
+from fusegrad.compiler.passes.kernel_kinds import KERNEL_KINDS, LOOP_KINDS
 from fusegrad.compiler.passes.loopspace import (REDUCTIONS, MapConflict, Space, infer_maps,
                                                 is_loop_op, space_for)
 from fusegrad.compiler.passes.memory import execute_plan
@@ -37,8 +38,7 @@ from fusegrad.ir.structure import structure_key
 from golden_models import CASES, GOLDEN, STEPS, assert_planned_close, case, random_args
 
 GOLDEN_DIR = Path(__file__).parent / "golden"
-LOOP_KINDS = ("elementwise", "row", "column", "row+column")
-KINDS = LOOP_KINDS + ("gemm", "opaque", "multi")
+KINDS = tuple(KERNEL_KINDS)
 
 
 def kernels(graph):

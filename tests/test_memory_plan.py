@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from fusegrad.compiler.passes.loopspace import Space, infer_maps
-from fusegrad.compiler.passes.memory import ALIGN, IN_PLACE_KINDS, _names, execute_plan
+from fusegrad.compiler.passes.kernel_kinds import KERNEL_KINDS
+from fusegrad.compiler.passes.memory import ALIGN, _names, execute_plan
 from fusegrad.compiler.pipeline import compile_graph
 from fusegrad.ir import GraphBuilder, TensorType, interpret
 from fusegrad.ir.printer import var_names
@@ -128,7 +129,7 @@ def test_in_place_only_over_a_dying_operand_of_equal_size_and_dtype(name):
     for k, i, o in plan.in_place:
         n = nodes[k]
         assert n.op == "kernel" and i in n.inputs and o in n.outputs
-        assert n.attrs["kind"] in IN_PLACE_KINDS + ("multi",)
+        assert KERNEL_KINDS[n.attrs["kind"]].in_place
         assert i.type.size == o.type.size and i.type.dtype == o.type.dtype, (i, o)
         assert plan.storage[i] == plan.storage[o]
         assert live.last_of(i) == k

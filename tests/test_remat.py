@@ -95,8 +95,7 @@ def test_min_cut_saves_every_gemm_operand_and_recomputes_only_elementwise_nodes(
                 p = producer.get(v)
                 assert p is None or p.part != "forward" or v in saved or p.op == "constant"
     copies = recomputed_nodes(graph)
-    assert copies and all(PRIMITIVES[n.op].elementwise or n.op in ("broadcast_to", "reshape")
-                          for n in copies)
+    assert copies and all(PRIMITIVES[n.op].recomputable for n in copies)
 
 
 def test_min_cut_forward_kernels_write_less():

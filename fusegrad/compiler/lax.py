@@ -78,24 +78,20 @@ def promote(*xs, to_float=False):
 
 # ---- elementwise -----------------------------------------------------------------------------
 
-FLOAT_ONLY = {"exp", "log", "log1p", "sqrt", "rsqrt", "tanh", "sigmoid", "sin", "cos", "erf",
-              "reciprocal"}
-
-
 def unary(op, x):
-    (x,) = promote(x, to_float=op in FLOAT_ONLY)
+    (x,) = promote(x, to_float=PRIMITIVES[op].float_only)  # np.exp(int) is float64 too
     return bind(op, x)
 
 
-def _binary(op, x, y, to_float=False):
-    x, y = promote(x, y, to_float=to_float)
+def _binary(op, x, y):
+    x, y = promote(x, y, to_float=PRIMITIVES[op].float_only)
     return bind(op, x, y)
 
 
 def add(x, y): return _binary("add", x, y)
 def sub(x, y): return _binary("sub", x, y)
 def mul(x, y): return _binary("mul", x, y)
-def div(x, y): return _binary("div", x, y, to_float=True)
+def div(x, y): return _binary("div", x, y)
 def maximum(x, y): return _binary("maximum", x, y)
 def minimum(x, y): return _binary("minimum", x, y)
 
@@ -120,7 +116,7 @@ def power(x, y):
     if _is_weak(y) and not isinstance(y, bool) and y in _POWER_SPECIAL and is_array(x):
         (x,) = promote(x, to_float=not (isinstance(y, int) and y > 0))
         return _POWER_SPECIAL[y](x)
-    return _binary("pow", x, y, to_float=True)
+    return _binary("pow", x, y)
 
 
 def where(cond, a, b):

@@ -1,5 +1,9 @@
 """VJP rules: one row per primitive that builds the cotangents of its inputs as IR nodes.
 
+The differentiable primitives have a rule of their own here; the others (differentiable=False in
+their registry rows, ir/ops.py: comparisons, argmax, sign, check_index, the sources,
+stop_gradient) share _no_gradient, which passes no gradient to any input.
+
 A rule is `rule(e, node, g, need) -> tuple` with one entry per input of `node`: a Var holding
 that input's cotangent, or None where the input has no gradient (integers, comparisons, indices)
 or `need[i]` is False (nothing is emitted for inputs nobody differentiates). Cotangents of
@@ -17,6 +21,8 @@ Conventions at non-differentiable points (documented for users in README):
 from __future__ import annotations
 
 import math
+
+from ..ir.ops import prims_where
 
 
 def _unary(fn):
@@ -181,7 +187,7 @@ def _no_gradient(e, n, g, need):
 
 _TWO_OVER_SQRT_PI = 2.0 / math.sqrt(math.pi)
 
-VJP_RULES = {
+_GRADIENTS = {
     "neg": _unary(lambda e, x, y, g: e.neg(g)),
     "exp": _unary(lambda e, x, y, g: e.mul(g, y)),
     "log": _unary(lambda e, x, y, g: e.div(g, x)),
@@ -191,13 +197,11 @@ VJP_RULES = {
     "tanh": _unary(lambda e, x, y, g: e.mul(g, e.sub(1, e.mul(y, y)))),
     "sigmoid": _unary(lambda e, x, y, g: e.mul(g, e.mul(y, e.sub(1, y)))),
     "abs": _unary(lambda e, x, y, g: e.mul(g, e("sign", x))),
-    "sign": _no_gradient,
     "sin": _unary(lambda e, x, y, g: e.mul(g, e("cos", x))),
     "cos": _unary(lambda e, x, y, g: e.neg(e.mul(g, e("sin", x)))),
     "erf": _unary(lambda e, x, y, g: e.mul(g, e.mul(_TWO_OVER_SQRT_PI,
                                                      e("exp", e.neg(e.mul(x, x)))))),
     "reciprocal": _unary(lambda e, x, y, g: e.neg(e.mul(g, e.mul(y, y)))),
-    "stop_gradient": _no_gradient,
     "add": lambda e, n, g, need: (g if need[0] else None, g if need[1] else None),
     "sub": lambda e, n, g, need: (g if need[0] else None, e.neg(g) if need[1] else None),
     "mul": lambda e, n, g, need: (e.mul(g, n.inputs[1]) if need[0] else None,
@@ -207,13 +211,10 @@ VJP_RULES = {
     "pow": _pow,
     "maximum": _minmax("gt"),
     "minimum": _minmax("lt"),
-    **{cmp: _no_gradient for cmp in ("eq", "ne", "lt", "le", "gt", "ge")},
     "select": _select,
     "cast": _cast,
     "sum": _sum,
     "max": _max,
-    "argmax": _no_gradient,
-    "check_index": _no_gradient,
     "reshape": lambda e, n, g, need: (e.reshape(g, n.inputs[0].shape),),
     "transpose": _transpose,
     "broadcast_to": lambda e, n, g, need: (g,),  # the driver sums it back to the input's shape
@@ -225,7 +226,6 @@ VJP_RULES = {
     "matmul": _matmul,
     "unfold": _window("fold"),
     "fold": _window("unfold"),
-    "constant": _no_gradient,
-    "iota": _no_gradient,
-    "random_uniform": _no_gradient,
 }
+
+VJP_RULES = {op: _no_gradient for op in prims_where(differentiable=False)} | _GRADIENTS

@@ -11,7 +11,7 @@ import math
 import numpy as np
 
 from .dtypes import to_numpy
-from .ops import window_output_size
+from .ops import prims_where, window_output_size
 
 def _erf(x):
     """erf by SciPy when present (imported on first use: it costs a fifth of a second, and most
@@ -218,7 +218,7 @@ class IndexOutOfRangeError(IndexError):
     anything is written."""
 
 
-INDEXING = ("gather", "scatter_add", "check_index")
+INDEXING = prims_where(kind="gather")  # the primitives whose indices can be out of range
 
 
 def _where(node) -> str:

@@ -1,14 +1,20 @@
-"""The primitive registry: one row per primitive with its kind and its shape/dtype rule.
+"""The primitive registry: one row per primitive with its kind, its shape/dtype rule and the
+properties the compiler asks of it (float-only, commutative, cost, loop role, ...).
 
-Every other per-primitive table (interpreter, VJP, CPU and CUDA emitters) is keyed by the names
-registered here, and a test checks that each table covers every primitive.
+Each property is stated here, in the primitive's row, and nowhere else: passes and emitters ask
+the row (`PRIMITIVES[op].commutative`) or query the registry (`prims_where(loop="reduce")`)
+instead of keeping sets of names. Every other per-primitive table is keyed by the names
+registered here: the interpreter (ir/interpret.py), the VJP rules (compiler/vjp_rules.py), the
+CPU and CUDA emitters (codegen/cpu_expr.py, cuda_expr.py, cpu_movement.py); which rows each one
+needs follows from these properties, and tests/test_primitive_tables.py checks that every table
+has them.
 
 A shape rule takes the input TensorTypes and the node's Attrs and returns the output TensorType,
 raising ShapeError (bad shapes) or TypeError (bad dtypes) with a message naming the op.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Callable
 
 from .dtypes import FLOAT_DTYPES, as_dtype, is_bool, is_float, is_int
@@ -19,10 +25,31 @@ from .types import ShapeError, TensorType, broadcast_shapes, normalize_axes
 #   reduce                                      sum, max, argmax over axes
 #   movement                                    reshape, transpose, broadcast_to, slice, pad, concat
 #   gather                                      gather / scatter_add along an axis, check_index
+#                                               (the primitives whose indices can be out of range)
 #   matmul                                      (batched) matrix product with transpose flags
 #   window                                      unfold / fold (im2col / col2im)
 #   source                                      constant, iota, random_uniform (no tensor inputs)
 ELEMENTWISE_KINDS = ("unary", "binary", "compare", "select", "cast")
+
+# Roles in a loop kernel (Primitive.loop): how a node computes its values inside one loop nest
+# over a 2-D space (passes/loopspace.py, codegen/cpu_loops.py, cuda_loops.py).
+#   map      each output element from the operand elements at the same (broadcast) index:
+#            one scalar expression per element (the CPU_EXPR / CUDA_EXPR rows)
+#   view     the operand's elements in the same order (reshape): the same linear index in a
+#            loop, and outside loops a view of the operand's storage (no copy)
+#   reduce   a reduction loop over i or j (sum, max)
+#   source   made in the loop from the loop indices or a literal (iota; scalar constants)
+#   None     never inside a loop kernel
+LOOP_ROLES = ("map", "view", "reduce", "source", None)
+
+# Kernels a lone node forms where it does not join a loop kernel (Primitive.lone_kernel):
+#   opaque   one library call or a few (codegen/cpu_movement.py's MOVEMENT, shared by CPU and CUDA)
+#   gemm     a GEMM call (the backends' emit_gemm)
+#   None     always in a loop kernel (elementwise: prepare_for_fusion makes every one
+#            loopable), or no kernel at all (a constant is data, passed to the program)
+LONE_KERNELS = ("opaque", "gemm", None)
+
+TRANSCENDENTAL = 10  # the cost model's price of a libm call, in flops per element
 
 
 @dataclass(frozen=True)
@@ -33,21 +60,73 @@ class Primitive:
     rule: Callable
     attrs: tuple[str, ...] = ()
     doc: str = ""
+    # ---- properties (defaults by kind: _KIND_DEFAULTS; a row may override them) ----
+    float_only: bool = False  # needs float inputs: front ends promote integers to float64 first
+    commutative: bool = False  # op(a, b) == op(b, a) bit for bit: CSE orders the operands
+    cost: int = 1  # flops per output element (per input element for reductions; matmul: per
+    #                inner-product term) in the fusion cost model shown in dumps
+    loop: str | None = None  # role in a loop kernel: LOOP_ROLES
+    pass_through: bool = False  # no code in a loop (the index maps address the operand) and
+    #                             no new values: broadcast_to, reshape, stop_gradient
+    lone_kernel: str | None = None  # the kernel a lone node forms outside loops: LONE_KERNELS
+    recomputable: bool = False  # remat may clone it into the backward part (cheap, no state)
+    foldable: bool = True  # constant folding may evaluate it at compile time
+    differentiable: bool = True  # False: its VJP passes no gradient to any input
 
     @property
     def elementwise(self) -> bool:
         return self.kind in ELEMENTWISE_KINDS
 
 
+PROPERTIES = tuple(f.name for f in fields(Primitive)
+                   if f.name not in ("name", "kind", "arity", "rule", "attrs", "doc"))
+
+# What a kind implies unless a row says otherwise. Elementwise primitives run as per-element
+# expressions in loops and are cheap to recompute; the others run as library calls on their own.
+_ELEMENTWISE = dict(loop="map", recomputable=True)
+_KIND_DEFAULTS = {
+    "unary": _ELEMENTWISE,
+    "binary": _ELEMENTWISE,
+    "compare": dict(_ELEMENTWISE, differentiable=False),  # bool results carry no gradient
+    "select": _ELEMENTWISE,
+    "cast": _ELEMENTWISE,
+    "reduce": dict(lone_kernel="opaque"),
+    "movement": dict(lone_kernel="opaque"),
+    "gather": dict(lone_kernel="opaque"),
+    "matmul": dict(lone_kernel="gemm"),
+    "window": dict(lone_kernel="opaque"),
+    # folding reads constants and iotas, it has nothing to fold them into; random_uniform's
+    # bits are the backend's (the interpreter's float64 mode draws wider numbers)
+    "source": dict(lone_kernel="opaque", foldable=False, differentiable=False),
+}
+
 PRIMITIVES: dict[str, Primitive] = {}
 
 
-def register(name, kind, arity, attrs=(), doc=""):
+def register(name, kind, arity, attrs=(), doc="", **props):
+    """Decorator: register `name` with its shape rule; `props` override the kind's defaults."""
+    unknown = set(props) - set(PROPERTIES)
+    if unknown:
+        raise TypeError(f"{name}: unknown primitive properties {sorted(unknown)}")
+    props = {**_KIND_DEFAULTS[kind], **props}
+    if props.get("loop") not in LOOP_ROLES or props.get("lone_kernel") not in LONE_KERNELS:
+        raise ValueError(f"{name}: bad loop role or lone kernel in {props}")
+
     def wrap(rule):
-        PRIMITIVES[name] = Primitive(name, kind, arity, rule, tuple(attrs), doc)
+        PRIMITIVES[name] = Primitive(name, kind, arity, rule, tuple(attrs), doc, **props)
         return rule
 
     return wrap
+
+
+def prims_where(**props) -> tuple[str, ...]:
+    """Names of the primitives whose fields equal all of `props` (kind or properties), in
+    registration order: prims_where(loop="reduce") == ("sum", "max")."""
+    unknown = set(props) - set(PROPERTIES) - {"kind", "arity"}
+    if unknown:
+        raise TypeError(f"prims_where: unknown primitive properties {sorted(unknown)}")
+    return tuple(p.name for p in PRIMITIVES.values()
+                 if all(getattr(p, k) == v for k, v in props.items()))
 
 
 def infer_type(op: str, in_types, attrs) -> TensorType:
@@ -81,61 +160,71 @@ def _same_dtype(op, types):
 # ---------------------------------------------------------------------------------------------
 # elementwise
 
-FLOAT_UNARY = ("exp", "log", "log1p", "sqrt", "rsqrt", "tanh", "sigmoid", "sin", "cos", "erf",
-               "reciprocal")
-NUMERIC_UNARY = ("neg", "abs", "sign")
-
-
-def _float_unary(name):
-    @register(name, "unary", 1)
+def _unary(name, float_only=False, **props):
+    @register(name, "unary", 1, float_only=float_only, **props)
     def rule(ts, attrs, _name=name):
-        _need(is_float(ts[0].dtype), _name, f"needs a float input, got {ts[0]} (cast it first)")
+        if float_only:
+            _need(is_float(ts[0].dtype), _name,
+                  f"needs a float input, got {ts[0]} (cast it first)")
+        else:
+            _need(not is_bool(ts[0].dtype), _name, f"needs a numeric input, got {ts[0]}")
         return ts[0]
 
 
-def _numeric_unary(name):
-    @register(name, "unary", 1)
-    def rule(ts, attrs, _name=name):
-        _need(not is_bool(ts[0].dtype), _name, f"needs a numeric input, got {ts[0]}")
-        return ts[0]
+_unary("exp", float_only=True, cost=TRANSCENDENTAL)
+_unary("log", float_only=True, cost=TRANSCENDENTAL)
+_unary("log1p", float_only=True, cost=TRANSCENDENTAL)
+_unary("sqrt", float_only=True)
+_unary("rsqrt", float_only=True)
+_unary("tanh", float_only=True, cost=TRANSCENDENTAL)
+_unary("sigmoid", float_only=True, cost=TRANSCENDENTAL)
+_unary("sin", float_only=True, cost=TRANSCENDENTAL)
+_unary("cos", float_only=True, cost=TRANSCENDENTAL)
+_unary("erf", float_only=True, cost=TRANSCENDENTAL)
+_unary("reciprocal", float_only=True)
+_unary("neg")
+_unary("abs")
+_unary("sign", differentiable=False)  # piecewise constant: zero gradient almost everywhere
 
 
-for _n in FLOAT_UNARY:
-    _float_unary(_n)
-for _n in NUMERIC_UNARY:
-    _numeric_unary(_n)
-
-
-@register("stop_gradient", "unary", 1, doc="identity whose gradient is zero")
+@register("stop_gradient", "unary", 1, doc="identity whose gradient is zero",
+          pass_through=True, cost=0, differentiable=False)
 def _stop_gradient(ts, attrs):
     return ts[0]
 
 
-ARITH_BINARY = ("add", "sub", "mul", "div", "pow", "maximum", "minimum")
-COMPARE = ("eq", "ne", "lt", "le", "gt", "ge")
-
-
-def _binary(name):
-    @register(name, "binary", 2)
+def _binary(name, float_only=False, **props):
+    @register(name, "binary", 2, float_only=float_only, **props)
     def rule(ts, attrs, _name=name):
         dt = _same_dtype(_name, ts)
         _need(not is_bool(dt), _name, f"needs numeric inputs, got {ts[0]} and {ts[1]}")
-        if _name in ("div", "pow"):
+        if float_only:
             _need(is_float(dt), _name, f"needs float inputs, got {ts[0]} and {ts[1]}")
         return TensorType(dt, broadcast_shapes(ts[0].shape, ts[1].shape, op=_name))
 
 
-def _compare(name):
-    @register(name, "compare", 2)
+def _compare(name, **props):
+    @register(name, "compare", 2, **props)
     def rule(ts, attrs, _name=name):
         _same_dtype(_name, ts)
         return TensorType("bool", broadcast_shapes(ts[0].shape, ts[1].shape, op=_name))
 
 
-for _n in ARITH_BINARY:
-    _binary(_n)
-for _n in COMPARE:
-    _compare(_n)
+# IEEE addition and multiplication commute bit for bit; maximum/minimum do not (which zero or
+# NaN they return depends on the order), nor do the ordered comparisons
+_binary("add", commutative=True)
+_binary("sub")
+_binary("mul", commutative=True)
+_binary("div", float_only=True)
+_binary("pow", float_only=True, cost=TRANSCENDENTAL)
+_binary("maximum")
+_binary("minimum")
+_compare("eq", commutative=True)
+_compare("ne", commutative=True)
+_compare("lt")
+_compare("le")
+_compare("gt")
+_compare("ge")
 
 
 @register("select", "select", 3, doc="where(cond, a, b)")
@@ -164,13 +253,13 @@ def _reduce_shape(t, attrs, op):
     return tuple(d for i, d in enumerate(t.shape) if i not in axes)
 
 
-@register("sum", "reduce", 1, attrs=("axes", "keepdims"))
+@register("sum", "reduce", 1, attrs=("axes", "keepdims"), loop="reduce")
 def _sum(ts, attrs):
     _need(not is_bool(ts[0].dtype), "sum", f"cast bool to a number before summing ({ts[0]})")
     return ts[0].with_shape(_reduce_shape(ts[0], attrs, "sum"))
 
 
-@register("max", "reduce", 1, attrs=("axes", "keepdims"))
+@register("max", "reduce", 1, attrs=("axes", "keepdims"), loop="reduce")
 def _max(ts, attrs):
     _need(not is_bool(ts[0].dtype), "max", f"needs a numeric input, got {ts[0]}")
     shape = _reduce_shape(ts[0], attrs, "max")  # validates the axes before they index the shape
@@ -180,7 +269,8 @@ def _max(ts, attrs):
     return ts[0].with_shape(shape)
 
 
-@register("argmax", "reduce", 1, attrs=("axis",), doc="index of the first maximum along axis")
+@register("argmax", "reduce", 1, attrs=("axis",), doc="index of the first maximum along axis",
+          differentiable=False)  # an integer index
 def _argmax(ts, attrs):
     t = ts[0]
     (axis,) = normalize_axes(attrs["axis"], t.ndim, "argmax")
@@ -192,7 +282,8 @@ def _argmax(ts, attrs):
 # movement
 
 
-@register("reshape", "movement", 1, attrs=("shape",))
+@register("reshape", "movement", 1, attrs=("shape",), loop="view", pass_through=True, cost=0,
+          recomputable=True)
 def _reshape(ts, attrs):
     shape = tuple(attrs["shape"])
     new = TensorType(ts[0].dtype, shape)
@@ -209,7 +300,9 @@ def _transpose(ts, attrs):
     return ts[0].with_shape(tuple(ts[0].shape[p] for p in perm))
 
 
-@register("broadcast_to", "movement", 1, attrs=("shape",))
+# a free view inside loops: folding it into a materialised constant would only cost memory
+@register("broadcast_to", "movement", 1, attrs=("shape",), loop="map", pass_through=True, cost=0,
+          recomputable=True, foldable=False)
 def _broadcast_to(ts, attrs):
     shape = tuple(attrs["shape"])
     if broadcast_shapes(ts[0].shape, shape, op="broadcast_to") != shape:
@@ -273,7 +366,8 @@ def _gather(ts, attrs):
 
 
 @register("check_index", "gather", 1, attrs=("size",),
-          doc="the indices themselves, checked to lie in [0, size): class labels")
+          doc="the indices themselves, checked to lie in [0, size): class labels",
+          differentiable=False)
 def _check_index(ts, attrs):
     (idx,) = ts
     _need(is_int(idx.dtype), "check_index", f"indices must be integers, got {idx}")
@@ -297,7 +391,7 @@ def _scatter_add(ts, attrs):
 # matmul
 
 
-@register("matmul", "matmul", 2, attrs=("transpose_a", "transpose_b"),
+@register("matmul", "matmul", 2, attrs=("transpose_a", "transpose_b"), cost=2,  # multiply, add
           doc="(..., m, k) @ (..., k, n); batch axes broadcast; flags transpose the last two axes")
 def _matmul(ts, attrs):
     a, b = ts
@@ -365,13 +459,15 @@ def _fold(ts, attrs):
 # sources
 
 
-@register("constant", "source", 0, attrs=("value",))
+# a scalar constant is a literal in loops; an array constant is data, no kernel
+@register("constant", "source", 0, attrs=("value",), loop="source", lone_kernel=None, cost=0)
 def _constant(ts, attrs):
     a = attrs["value"].array
     return TensorType(as_dtype(a.dtype), a.shape)
 
 
-@register("iota", "source", 0, attrs=("shape", "axis", "dtype"), doc="index along `axis`")
+@register("iota", "source", 0, attrs=("shape", "axis", "dtype"), doc="index along `axis`",
+          loop="source")
 def _iota(ts, attrs):
     shape = tuple(attrs["shape"])
     _need(0 <= attrs["axis"] < len(shape), "iota", f"axis {attrs['axis']} out of range {shape}")

@@ -14,9 +14,10 @@ The surviving node is the first one, so it keeps its own `loc` and `part`.
 from __future__ import annotations
 
 from ...ir import Graph
+from ...ir.ops import prims_where
 from .rewrite import rewrite
 
-COMMUTATIVE = frozenset({"add", "mul", "eq", "ne"})
+COMMUTATIVE = frozenset(prims_where(commutative=True))  # a set: node_key runs for every node
 
 
 def _strict(value):

@@ -7,7 +7,8 @@ folded (MAX_FOLD_ELEMENTS): a large constant would be baked into the graph and t
 module, where an iota, a broadcast or an elementwise kernel costs nothing to recompute. Source
 nodes themselves (constant, iota) are left as they are, `broadcast_to` of a constant stays a
 broadcast (it is a free view), and random_uniform is never folded: its bits are the backend's
-job, and the interpreter's float64 mode draws different (wider) numbers than float32.
+job, and the interpreter's float64 mode draws different (wider) numbers than float32. (These
+are the primitives whose rows say foldable=False, ir/ops.py.)
 
 Broadcast constants fold too, without materialising the broadcast: an elementwise op whose
 operands are constants or broadcast_to(constant) is computed on the small constants and the
@@ -26,8 +27,6 @@ from .rewrite import rewrite
 
 MAX_FOLD_ELEMENTS = 64  # largest result folded into a constant
 MAX_EVAL_ELEMENTS = 1 << 16  # largest iota input evaluated to fold something small from it
-
-_NEVER = frozenset({"constant", "iota", "random_uniform", "broadcast_to"})
 
 
 def _known_value(rw, v):
@@ -74,7 +73,7 @@ def fold_constants(graph: Graph) -> Graph:
     """Evaluate small compile-time-known nodes into constants (the same Graph if none)."""
 
     def rule(node, rw):
-        if node.op in _NEVER or not node.inputs:
+        if not PRIMITIVES[node.op].foldable or not node.inputs:
             return None
         return _fold_node(node, rw) or _fold_broadcast_elementwise(node, rw)
 

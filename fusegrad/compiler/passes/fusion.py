@@ -1,15 +1,8 @@
 """Fusion: partition an optimized graph into Kernels, each one loop nest or one library call.
 
-Kernel kinds (the `kind` attribute of a `kernel` node; the printer shows them nested):
-    elementwise  one pass over a 2-D space (R, C); any number of outputs
-    row          + reductions over j (softmax, log-softmax + NLL, LayerNorm fwd/bwd): per row,
-                 one loop per reduction, then the elementwise consumers of their results
-    column       + reductions over i (bias / LayerNorm-weight gradients), with the elementwise
-                 work on their results (e.g. the bias's optimizer update) in the combine pass
-    gemm         one matmul, a BLAS call
-    opaque       one data-movement primitive (slice, pad, gather, unfold, transpose, ...)
-    multi        several independent elementwise kernels run as one (the multi-tensor
-                 optimizer update)
+Kernel kinds (the `kind` attribute of a `kernel` node; the printer shows them nested) are the
+rows of kernel_kinds.py: elementwise, row, column and row+column loop nests; gemm; opaque (one
+data-movement primitive, library calls); multi (the multi-tensor optimizer update).
 
 Greedy producer-consumer merging, then sibling merging (kernels that share an input), then
 grouping of the update kernels. A merge must keep one consistent index map per value
@@ -28,26 +21,24 @@ from __future__ import annotations
 import heapq
 from typing import NamedTuple
 
-from ...ir import Attrs, Graph, Node, Var
+from ...ir import Attrs, Graph, Node, PRIMITIVES, Var
 from ...ir.structure import structure_digest
 from .dagorder import MergeableDag
+from .kernel_kinds import LOOP_KIND_OF
 from .remat import recomputed_nodes
 from .loopspace import (COL, FULL, REDUCTIONS, ROW, MapConflict, Space, infer_maps,
                         is_loop_op, space_for)
 
-# rough cost of one element of each primitive, in flops (for the cost model shown in dumps)
-_TRANSCENDENTAL = {"exp", "log", "log1p", "tanh", "sigmoid", "erf", "sin", "cos", "pow"}
-
 
 def _flops(node) -> int:
-    if node.op == "matmul":
+    """The cost model shown in dumps: the primitive's cost (ir/ops.py) per element."""
+    cost = PRIMITIVES[node.op].cost
+    if node.op == "matmul":  # per term of each inner product
         a, b = node.inputs
         k = a.shape[-2] if node.attrs["transpose_a"] else a.shape[-1]
-        return 2 * node.out.type.size * k
-    if node.op in ("constant", "reshape", "broadcast_to"):
-        return 0
+        return cost * node.out.type.size * k
     size = node.inputs[0].type.size if node.op in REDUCTIONS else node.out.type.size
-    return size * (10 if node.op in _TRANSCENDENTAL else 1)
+    return size * cost
 
 
 def _is_free(node, free_vars) -> bool:
@@ -360,7 +351,7 @@ class _Partition:
     def merge_siblings(self):
         for v in [*self.graph.inputs, *(u for n in self.nodes for u in n.outputs)]:
             readers = sorted({self.group[u] for u in self.users.get(v, ())
-                              if u in self.loopable and u.op != "reshape"})
+                              if u in self.loopable and PRIMITIVES[u.op].loop != "view"})
             for g in readers[1:]:
                 if readers[0] in self.members and g in self.members:
                     self.try_merge(readers[0], g)
@@ -463,12 +454,12 @@ def make_kernel(part: _Partition, g) -> Node:
     outputs = plan.outputs if plan else part.outputs_of(nodes, part.needs[g])
     attrs = {}
     if len(nodes) == 1 and nodes[0] not in part.loopable:
-        kind = "gemm" if nodes[0].op == "matmul" else "opaque"
+        # a GEMM or library calls (an elementwise node always joins a loop: were one left
+        # alone, the backends would say they have no emitter for it)
+        kind = PRIMITIVES[nodes[0].op].lone_kernel or "opaque"
     else:
         space, reductions = plan.space, plan.reductions
-        kinds = set(reductions.values())
-        kind = {frozenset(): "elementwise", frozenset({"row"}): "row",
-                frozenset({"col"}): "column"}.get(frozenset(kinds), "row+column")
+        kind = LOOP_KIND_OF[frozenset(reductions.values())]
         attrs.update(space=space.shape, split=space.split)
     region = _clone_region(body, inputs, outputs, "region")
     flops = sum(_flops(n) for n in body)
@@ -490,7 +481,8 @@ def fuse(graph: Graph, multi_tensor: bool = True, guard: int | None = None) -> G
         nodes = part.members[g]
         lone = nodes[0] if len(nodes) == 1 else None
         if lone is not None and (lone.op == "constant" or (
-                lone.op == "reshape" and part.producer.get(lone.inputs[0]) not in part.free)):
+                PRIMITIVES[lone.op].loop == "view"
+                and part.producer.get(lone.inputs[0]) not in part.free)):
             kernels.append(lone)  # data, or a view of a buffer: no code runs
         else:
             kernels.append(make_kernel(part, g))

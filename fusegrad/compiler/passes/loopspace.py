@@ -18,19 +18,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from math import prod
 
-from ...ir.ops import PRIMITIVES
+from ...ir.ops import PRIMITIVES, prims_where
 
 FULL, COL, ROW, SCALAR = "full", "col", "row", "scalar"
 
-# primitives a loop kernel can compute (elementwise kinds plus these)
-LOOP_EXTRA = {"broadcast_to", "reshape", "sum", "max", "iota", "constant"}
-REDUCTIONS = {"sum", "max"}
+# the primitives' roles in a loop kernel (ir/ops.py LOOP_ROLES), as sets for the inner loops
+REDUCTIONS = frozenset(prims_where(loop="reduce"))  # a reduction loop over i or j
+_MAPS = frozenset(prims_where(loop="map"))  # operands broadcast into the output
+_VIEWS = frozenset(prims_where(loop="view"))  # the operand's linear index: reshape
+_PROPAGATING = _MAPS | _VIEWS  # maps flow through them, both ways
 
 
 def is_loop_op(node) -> bool:
     if node.op == "constant":
         return node.out.type.size == 1  # scalars become literals; arrays are buffers
-    return PRIMITIVES[node.op].elementwise or node.op in LOOP_EXTRA
+    return PRIMITIVES[node.op].loop is not None
 
 
 @dataclass(frozen=True)
@@ -182,7 +184,7 @@ def infer_maps(nodes, space: Space, inputs=(), known=None) -> tuple[dict, dict]:
                 assign(v, FULL)
             elif v.type.size == 1:
                 assign(v, SCALAR)
-    propagating = [n for n in nodes if n not in reductions and n.op not in ("constant", "iota")]
+    propagating = [n for n in nodes if n.op in _PROPAGATING]  # not reductions or sources
     # an operand no map can broadcast from its use (seen while propagating; the check after
     # finds it again, with its message)
     unmappable = False
@@ -191,7 +193,7 @@ def infer_maps(nodes, space: Space, inputs=(), known=None) -> tuple[dict, dict]:
         changed = False
         for n in propagating:
             out = n.out
-            if n.op == "reshape":
+            if n.op in _VIEWS:
                 src = n.inputs[0]
                 if out in maps:
                     changed |= assign(src, maps[out])
@@ -230,7 +232,7 @@ def _check_maps(nodes, maps, space) -> None:
         for v in (*n.inputs, *n.outputs):
             if v not in maps:
                 raise MapConflict(f"no map for {v.type} (used by {n.op})")
-        if n.op not in REDUCTIONS and n.op != "reshape" and n.op not in ("constant", "iota"):
+        if n.op in _MAPS:
             m, out_shape = maps[n.out], n.out.type.shape
             for v in n.inputs:
                 in_shape = v.type.shape

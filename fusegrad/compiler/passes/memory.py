@@ -20,11 +20,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .kernel_kinds import KERNEL_KINDS
 from .loopspace import infer_maps, space_for
-from ...ir import interpret
+from ...ir import PRIMITIVES, interpret
 
 ALIGN = 64  # bytes: keeps every buffer on a cache line (and SIMD-aligned)
-IN_PLACE_KINDS = ("elementwise", "row", "column", "row+column")
+
+
+def _is_view(node) -> bool:
+    """A top-level node that fusion left as a view of its operand's storage (a reshape)."""
+    prim = PRIMITIVES.get(node.op)  # kernel nodes are not primitives
+    return prim is not None and prim.loop == "view"
 
 
 def _aligned(n: int) -> int:
@@ -118,17 +124,18 @@ def can_overwrite(kernel, inp, out, maps_of=None) -> bool:
     `maps_of(kernel)`: its region's index maps, if the caller keeps them (default: inferred)."""
     if inp.type.size != out.type.size or inp.type.dtype != out.type.dtype:
         return False
-    kind = kernel.attrs["kind"]
+    kind = KERNEL_KINDS[kernel.attrs["kind"]]
+    if not kind.in_place:
+        return False
     region = kernel.region
     inner = dict(zip(kernel.inputs, region.inputs)) | dict(zip(kernel.outputs, region.outputs))
-    if kind in IN_PLACE_KINDS:
+    if kind.loop:
         maps = (maps_of or region_maps)(kernel)
         return maps.get(inner[inp]) is not None and maps.get(inner[inp]) == maps.get(inner[out])
-    if kind == "multi":  # only the part that writes out may read inp
-        writer = next(n for n in region.nodes if inner[out] in n.outputs)
-        readers = [n for n in region.nodes if inner[inp] in n.inputs]
-        return readers == [writer] and can_overwrite(writer, inner[inp], inner[out], maps_of)
-    return False
+    # multi, the in-place kind that is no loop: only the part that writes out may read inp
+    writer = next(n for n in region.nodes if inner[out] in n.outputs)
+    readers = [n for n in region.nodes if inner[inp] in n.inputs]
+    return readers == [writer] and can_overwrite(writer, inner[inp], inner[out], maps_of)
 
 
 def region_maps(kernel) -> dict:
@@ -171,7 +178,7 @@ def _readers(graph):
     as a read of the Var it views too."""
     base = {}
     for n in graph.nodes:
-        if n.op == "reshape":
+        if _is_view(n):
             base[n.out] = base.get(n.inputs[0], n.inputs[0])
     reads: dict = {}
     for k, n in enumerate(graph.nodes):
@@ -191,7 +198,7 @@ def plan_memory(graph) -> MemoryPlan:
     for n in nodes:
         if n.op == "constant":
             storage[n.out] = ("const", n)
-        elif n.op == "reshape":
+        elif _is_view(n):
             base = n.inputs[0]
             root[n.out] = root.get(base, base)
             storage[n.out] = ("view", root[n.out])
@@ -316,7 +323,7 @@ class _FreeBuffers:
 
 def _in_place_donor(node, out, owners_last, storage, k, root, taken, maps_of):
     """An input of `node` that dies here and whose arena buffer `out` may take over."""
-    if node.attrs["kind"] not in IN_PLACE_KINDS + ("multi",):
+    if not KERNEL_KINDS[node.attrs["kind"]].in_place:
         return None
     for v in node.inputs:
         st = storage.get(v)

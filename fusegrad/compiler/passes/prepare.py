@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 from ...ir.ops import PRIMITIVES
-from .loopspace import FULL, Space, broadcast_map
+from .loopspace import FULL, REDUCTIONS, Space, broadcast_map
 from .rewrite import rewrite
 
 
@@ -48,7 +48,7 @@ def _rule(node, rw):
                  for v in node.inputs]
         if any(a is not b for a, b in zip(fixed, node.inputs)):
             return rw.emit("matmul", *fixed, **dict(node.attrs))
-    if node.op in ("sum", "max") and len(_runs(tuple(node.attrs["axes"]))) > 1:
+    if node.op in REDUCTIONS and len(_runs(tuple(node.attrs["axes"]))) > 1:
         x = node.inputs[0]
         keep = node.attrs["keepdims"]
         for run in reversed(_runs(tuple(node.attrs["axes"]))):  # last run first: axes stay valid

@@ -58,11 +58,10 @@ def remat_cheap(graph):
 # them would write them once more, not save anything.
 
 _SOURCE, _SINK = "source", "sink"
-_RECOMPUTABLE = {"broadcast_to", "reshape"}  # besides elementwise primitives
 
 
 def _recomputable(node) -> bool:
-    return PRIMITIVES[node.op].elementwise or node.op in _RECOMPUTABLE
+    return PRIMITIVES[node.op].recomputable
 
 
 def saved_by_min_cut(graph) -> set:

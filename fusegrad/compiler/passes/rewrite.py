@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from ...ir import Attrs, Graph, Node, Var, infer_type
+from ...ir import Attrs, Graph, Node, PRIMITIVES, Var, infer_type
 
 
 class RewriteError(AssertionError):
@@ -55,7 +55,7 @@ class Rewriter:
         """The single value every element of `v` has, if `v` is a constant (possibly reshaped or
         broadcast) whose elements are all equal; else None. A NumPy scalar of v's dtype."""
         n = self._producer.get(v)
-        while n is not None and n.op in ("broadcast_to", "reshape"):
+        while n is not None and PRIMITIVES[n.op].pass_through:  # they make no new values
             n = self._producer.get(n.inputs[0])
         if n is None or n.op != "constant":
             return None
