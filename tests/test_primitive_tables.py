@@ -18,17 +18,20 @@ from a list kept here:
 """
 from __future__ import annotations
 
+import ast
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+import fusegrad as fg
+
 from fusegrad.compiler import vjp_rules
-from fusegrad.compiler.codegen import common, cpu_library, cuda_library, cuda_loops
+from fusegrad.compiler.codegen import cpu_library, cuda_library
 from fusegrad.compiler.codegen.cpu_expr import CPU_EXPR
 from fusegrad.compiler.codegen.cpu_movement import MOVEMENT
 from fusegrad.compiler.codegen.cuda_expr import CUDA_EXPR
-from fusegrad.compiler.passes.kernel_kinds import LOOP_KINDS
 from fusegrad.ir import GraphBuilder, TensorType
 from fusegrad.ir.interpret import IMPLS
 from fusegrad.ir.ops import LONE_KERNELS, LOOP_ROLES, PRIMITIVES, PROPERTIES, prims_where
@@ -128,8 +131,24 @@ def test_prims_where_rejects_unknown_properties():
                                "lone_kernel", "recomputable", "foldable", "differentiable"}
 
 
-# Name sets the backends still keep for themselves (their files are being rewritten): until
-# they ask the registry and the kernel-kind table, these must say the same.
-def test_backend_name_sets_agree_with_the_registry():
-    assert set(cuda_loops.PASS_THROUGH) == set(prims_where(pass_through=True))
-    assert tuple(common.LOOP_KINDS) == LOOP_KINDS
+def _literal_op_sets(path):
+    """(line, names) of every tuple, list or set literal in `path` made only of primitive names
+    (two or more): a property kept outside the registry."""
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set)) and len(node.elts) >= 2:
+            names = [e.value for e in node.elts
+                     if isinstance(e, ast.Constant) and isinstance(e.value, str)]
+            if len(names) == len(node.elts) and all(n in PRIMITIVES for n in names):
+                yield node.lineno, names
+
+
+def test_no_set_of_primitive_names_outside_the_registry():
+    """A primitive's properties live in its row (ir/ops.py); a pass or emitter asks the row
+    (PRIMITIVES[op].float_only, prims_where(loop="reduce")) instead of keeping a list of op
+    names that the next primitive would have to be added to."""
+    package = Path(fg.__file__).parent
+    found = [f"{path.relative_to(package)}:{line} {names}"
+             for path in sorted(package.rglob("*.py")) if path != package / "ir" / "ops.py"
+             for line, names in _literal_op_sets(path)]
+    assert not found, "sets of primitive names kept outside ir/ops.py:\n" + "\n".join(found)

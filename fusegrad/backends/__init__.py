@@ -1,6 +1,6 @@
 """Targets: how a traced graph is compiled and run on each one, behind one protocol.
 
-    BACKENDS = {"interpret": ..., "cpu": ..., "cuda": ...}   # target name -> Backend class
+    BACKENDS = {"cpu": ..., "interpret": ..., "cuda": ...}   # target name -> Backend class
 
 A Runner (backend.py) owns what every target shares — the graph, the loss guard, the middle
 end's Program, the compile phases, the cross-check against the interpreter — and hands the rest
@@ -61,7 +61,7 @@ def backend_class(target: str):
 
 # target -> (module in this package, Backend class)
 BACKENDS = {
-    "interpret": ("interpret", "InterpretBackend"),
     "cpu": ("cpu", "CpuBackend"),
+    "interpret": ("interpret", "InterpretBackend"),
     "cuda": ("cuda", "CudaBackend"),
 }

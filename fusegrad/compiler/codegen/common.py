@@ -1,10 +1,9 @@
-"""Small facts the CPU and CUDA code generators share: kernel kinds, dtype names, structural
-names for a region's values, and the CUDA driver's tables of numbers. The shared loop nest is
+"""Small facts the CPU and CUDA code generators share: dtype names, structural names for a
+region's values, and the CUDA driver's tables of numbers. (Kernel kinds are rows of
+passes/kernel_kinds.py.) The shared loop nest is
 loop_nest.py; the shared walk over a program's schedule is schedule.py.
 """
 from __future__ import annotations
-
-LOOP_KINDS = ("elementwise", "row", "column", "row+column")  # kernel kinds that are loop nests
 
 # the NumPy scalar constructor of each dtype: kernels cast with it, the CPU driver views with it
 NP_TYPE = {"float32": "np.float32", "float64": "np.float64", "int32": "np.int32",

@@ -28,8 +28,8 @@ from __future__ import annotations
 
 from .common import np_type as _np
 from .cpu_expr import CPU_EXPR
-from .loop_nest import (COL, FULL, PASS_THROUGH, ROW, SCALAR, Constants, LoopNest,
-                        Scope as _Scope)
+from ...ir.ops import PRIMITIVES
+from .loop_nest import COL, FULL, ROW, SCALAR, Constants, LoopNest, Scope as _Scope
 
 CHUNKS = 8  # column-reduction chunks: fixed, so sums never depend on the thread count
 _SHORT = {"float32": "f32", "float64": "f64", "int32": "i32", "int64": "i64", "bool": "b1"}
@@ -113,7 +113,8 @@ class LoopKernel(LoopNest):
     def reuse(self, v, node, scope):
         """The local loading v from the row cache, when an earlier pass over this row computed
         it (that pass then also stores it); None otherwise."""
-        if scope.levels != {"J"} or node.op in ("constant", "iota", *PASS_THROUGH) \
+        prim = PRIMITIVES[node.op]  # sources and pass-throughs cost nothing to redo
+        if scope.levels != {"J"} or prim.loop == "source" or prim.pass_through \
                 or v.type.dtype not in self.CACHEABLE:
             return None
         earlier = next((p for p in self._passes if v in p.names), None)

@@ -23,12 +23,12 @@ blocks, threads and reduction trees on CUDA (cuda_loops.py).
 """
 from __future__ import annotations
 
+from ...ir.ops import PRIMITIVES
 from ...ir.printer import short_loc
 from ..passes.loopspace import COL, FULL, ROW, SCALAR, Space, iota_index, infer_maps
 from .common import np_type
 from .cpu_expr import literal
 
-PASS_THROUGH = ("broadcast_to", "reshape", "stop_gradient")  # no code: the maps index them
 
 
 def downstream(nodes, sources) -> set:
@@ -188,7 +188,7 @@ class LoopNest:
         else:
             args = [self.need(u, target) for u in node.inputs]
             expr = self.EXPR[node.op](args, node, dtype, self.exact_math)
-            if node.op in PASS_THROUGH:
+            if PRIMITIVES[node.op].pass_through:  # no code: the maps index the operand
                 name = expr
             else:
                 name = self._new()
@@ -251,5 +251,4 @@ class LoopNest:
                 "    " + self.accumulate(r.op, acc, slot)]
 
 
-__all__ = ["COL", "FULL", "ROW", "SCALAR", "Constants", "LoopNest", "PASS_THROUGH", "Scope",
-           "downstream"]
+__all__ = ["COL", "FULL", "ROW", "SCALAR", "Constants", "LoopNest", "Scope", "downstream"]

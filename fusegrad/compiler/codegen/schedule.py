@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 from ...ir.printer import short_loc, var_names
 from ..passes.prepare import batch_suffix
-from .common import LOOP_KINDS
+from ..passes.kernel_kinds import KERNEL_KINDS
 from .cpu_movement import MOVEMENT
 
 
@@ -135,7 +135,7 @@ class ScheduleWriter:
         if kind == "multi":
             self.multi(node, ins, outs, what, loc)
             return
-        if kind in LOOP_KINDS:
+        if KERNEL_KINDS[kind].loop:
             self.loop(node, ins, outs, what, loc)
             return
         (prim,) = node.region.nodes  # one primitive: its operands, by position

@@ -26,6 +26,7 @@ import numpy as np
 
 from ...ir import Graph, PRIMITIVES
 from ...ir.dtypes import is_int
+from ...ir.ops import prims_where
 from ...ir.types import broadcast_shapes
 from .rewrite import RewriteError, rewrite
 
@@ -316,7 +317,7 @@ SIMPLIFY_RULES = (
     ("broadcast_broadcast", ("broadcast_to",), broadcast_broadcast),
     ("cast_same", ("cast",), cast_same),
     ("cast_cast", ("cast",), cast_cast),
-    ("reduce_unit_axes", ("sum", "max"), reduce_unit_axes),
+    ("reduce_unit_axes", prims_where(loop="reduce"), reduce_unit_axes),
     ("sum_of_broadcast", ("sum",), sum_of_broadcast),
     ("implicit_broadcast",
      tuple(p.name for p in PRIMITIVES.values() if p.kind in ("binary", "compare", "select")),
