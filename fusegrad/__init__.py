@@ -11,7 +11,7 @@ from . import optim
 from .ir.interpret import IndexOutOfRangeError
 from .train import (CheckpointError, NonFiniteGradientError, NonFiniteLossError, TrainStep,
                     train_step)
-from .runtime.loop import fit
+from .fit import fit
 from .ops import *  # noqa: F401,F403  the NumPy-like op namespace
 from .ops import __all__ as _ops_all
 

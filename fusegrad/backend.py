@@ -62,7 +62,8 @@ def compiler_version() -> str:
 
     h = hashlib.sha256()
     root = Path(__file__).parent
-    for path in sorted([*root.glob("compiler/**/*.py"), *root.glob("ir/*.py")]):
+    for path in sorted([*root.glob("compiler/**/*.py"), *root.glob("ir/*.py"),
+                        *root.glob("kernels/*.py")]):
         h.update(path.read_bytes())
     return h.hexdigest()[:16]
 

@@ -50,7 +50,7 @@ SETTINGS = {s.name: s for s in (
             "reference; uncached)", choices=("native", "numba")),
     Setting("FUSEGRAD_EXACT_MATH", "flag", False,
             "float32 exp/log/tanh/sigmoid/erf call libm instead of the vectorised "
-            "approximations (compiler/codegen/cpu_math.py)"),
+            "approximations (kernels/cpu_math.py)"),
     Setting("FUSEGRAD_CACHE_DIR", "path", "~/.cache/fusegrad",
             "folder of the disk cache of compiled programs and kernels (private to its user)"),
     Setting("FUSEGRAD_COMPILE_WORKERS", "int", None,

@@ -1,5 +1,5 @@
-"""Composites built from primitives: var, logaddexp, softmax, cross_entropy, layer_norm, conv2d,
-pooling, dropout, embedding ...
+"""Neural-network composites built from primitives: logaddexp, gelu, softmax, cross_entropy,
+layer_norm, conv2d, pooling, dropout, embedding ...
 
 Each is built from primitives at trace time through compiler/lax.py, so it works on tracers and on
 plain NumPy arrays, gets its gradient from the primitives' VJPs, and is left to fusion to make
@@ -16,13 +16,12 @@ import numpy as np
 
 from .compiler import lax
 from .compiler.lax import dtype_of, is_array, shape_of
-from .compiler.tracer import Tracer, user_location
-from .ir.printer import short_loc
+from .compiler.lax_numpy import argument_error, as_array, as_float
+from .compiler.symbolic import Tracer
 from .ir.types import ShapeError, normalize_axes
 
 __all__ = [
-    "logical_and", "logical_or", "logical_xor", "logical_not", "clip", "logaddexp", "var", "std",
-    "gelu", "softmax", "log_softmax", "logsumexp", "one_hot", "cross_entropy", "mse", "layer_norm",
+    "logaddexp", "gelu", "softmax", "log_softmax", "logsumexp", "one_hot", "cross_entropy", "mse", "layer_norm",
     "conv2d", "max_pool2d", "avg_pool2d", "dropout", "embedding",
 ]
 
@@ -31,23 +30,6 @@ _FLOAT = ("float32", "float64")
 
 
 # ---- argument checking -----------------------------------------------------------------------
-
-
-def argument_error(cls, message):
-    """`cls(message)` with the user's `file:line` appended, so a bad call points at itself."""
-    loc = short_loc(user_location())
-    return cls(f"{message} (at {loc})" if loc else message)
-
-
-def as_array(x):
-    """Tracers and NumPy arrays unchanged; lists and Python numbers as NumPy arrays."""
-    return x if is_array(x) else np.asarray(x)
-
-
-def as_float(x):
-    """`x` promoted to a float dtype (ints become float64, as in NumPy)."""
-    (x,) = lax.promote(as_array(x), to_float=True)
-    return x
 
 
 def _is_int(v):
@@ -81,55 +63,6 @@ def logaddexp(x, y):
     x, y = lax.promote(x, y, to_float=True)
     return lax.add(lax.maximum(x, y), lax.unary("log1p", lax.unary("exp", lax.unary(
         "neg", lax.unary("abs", lax.sub(x, y))))))
-
-
-def _truth(x):
-    """x as bool (nonzero is true): logic is select and compare, it needs no primitive."""
-    return lax.convert(as_array(x), "bool")
-
-
-def logical_and(x, y):
-    """Elementwise x and y, as bool."""
-    return lax.where(x, _truth(y), False)
-
-
-def logical_or(x, y):
-    """Elementwise x or y, as bool."""
-    return lax.where(x, True, _truth(y))
-
-
-def logical_xor(x, y):
-    """Elementwise x xor y, as bool."""
-    return lax.compare("ne", _truth(x), _truth(y))
-
-
-def logical_not(x):
-    """Elementwise not x, as bool."""
-    return lax.compare("eq", _truth(x), False)
-
-
-def clip(x, a_min=None, a_max=None):
-    """Elementwise x limited to [a_min, a_max]; either bound may be None."""
-    if a_min is None and a_max is None:
-        raise argument_error(ValueError, "clip: give at least one of a_min and a_max")
-    if a_min is not None:
-        x = lax.maximum(x, a_min)
-    return x if a_max is None else lax.minimum(x, a_max)
-
-
-def var(x, axis=None, keepdims=False, ddof=0):
-    """Variance over axis, mean((x - mean)**2) * n / (n - ddof), computed in two passes."""
-    x = as_array(x)
-    axes = normalize_axes(axis, len(shape_of(x)), "var")
-    n = int(np.prod([shape_of(x)[a] for a in axes], dtype=np.int64))
-    centred = lax.sub(x, lax.mean(x, axes, keepdims=True))
-    return lax.div(lax.reduce_sum(lax.mul(centred, centred), axes, keepdims),
-                   max(n - ddof, 0))
-
-
-def std(x, axis=None, keepdims=False, ddof=0):
-    """Standard deviation over axis: sqrt(var(x, axis, keepdims, ddof))."""
-    return lax.unary("sqrt", var(x, axis, keepdims, ddof))
 
 
 # ---- activations and normalised exponentials -------------------------------------------------

@@ -4,7 +4,8 @@ Every function works on tracers (recording IR) and on plain NumPy arrays (comput
 because each is built from the checked primitive wrappers in compiler/lax.py. This module also
 fills the tables through which NumPy's own functions dispatch on tracers (np.exp(x) reaches
 NUMPY_UFUNCS through __array_ufunc__, np.sum(x, axis=1) reaches NUMPY_FUNCTIONS through
-__array_function__). Composites (var, clip, logic, softmax, conv2d ...) live in nn.py, re-exported.
+__array_function__). NumPy-style composites (var, clip, logic, squeeze) are compiler/lax_numpy.py's,
+neural-network ones (softmax, conv2d ...) nn.py's; both are re-exported.
 """
 from __future__ import annotations
 
@@ -13,11 +14,12 @@ import numpy as np
 from . import nn
 from .compiler import lax
 from .compiler.lax import dtype_of, is_array, shape_of
-from .compiler.tracer import NUMPY_FUNCTIONS, NUMPY_UFUNCS, TraceError, context_of, current_trace
+from .compiler.symbolic import NUMPY_FUNCTIONS, NUMPY_UFUNCS, TraceError, context_of, current_trace
 from .ir.dtypes import as_dtype
 from .ir.types import ShapeError, normalize_axes
 from .nn import *  # noqa: F401,F403
-from .nn import argument_error, as_array
+from .compiler.lax_numpy import (argument_error, as_array, clip, logical_and, logical_not,
+                                 logical_or, logical_xor, squeeze, std, var)
 
 # ---- elementwise -----------------------------------------------------------------------------
 
@@ -161,21 +163,6 @@ def expand_dims(x, axis):
     return lax.reshape(x, tuple(1 if i in axes else next(it) for i in range(nd)))
 
 
-def squeeze(x, axis=None):
-    """x without size-1 axes (all of them, or those named by axis)."""
-    x = as_array(x)
-    shape = shape_of(x)
-    if axis is None:
-        axes = tuple(i for i, d in enumerate(shape) if d == 1)
-    else:
-        axes = normalize_axes(axis, len(shape), "squeeze")
-        bad = [a for a in axes if shape[a] != 1]
-        if bad:
-            raise argument_error(ShapeError, f"squeeze: axis {bad[0]} of shape {shape} has size "
-                                             f"{shape[bad[0]]}, not 1")
-    return lax.reshape(x, tuple(d for i, d in enumerate(shape) if i not in axes))
-
-
 def broadcast_to(x, shape):
     """x broadcast to shape, NumPy's rules."""
     return lax.broadcast_to(as_array(x), shape)
@@ -274,6 +261,7 @@ __all__ = [
     "sum", "mean", "max", "min", "argmax",
     "reshape", "transpose", "swapaxes", "expand_dims", "squeeze", "broadcast_to", "concatenate",
     "stack", "pad", "take", "zeros_like", "ones_like", "full_like", "matmul", "dot",
+    "logical_and", "logical_or", "logical_xor", "logical_not", "clip", "var", "std",
     *nn.__all__,
 ]
 

@@ -139,7 +139,7 @@ def gemm_float64_and_integers():
 def cublas_path_batching_with_numpy_standing_in_for_cupy():
     """The CuPy (cuBLAS) GEMM path, whose views and batch broadcasting NumPy can run too: every
     transpose flag and batch pattern against np.matmul."""
-    from fusegrad.compiler.codegen.cuda_gemm import _cupy_gemm
+    from fusegrad.kernels.cuda_gemm import _cupy_gemm
 
     rng = np.random.default_rng(5)
     m, n, k = 3, 4, 5

@@ -76,9 +76,9 @@ def ptx_check() -> list:
     import numba
     from numba import cuda
 
-    from fusegrad.compiler.codegen import cuda_gemm, cuda_library
+    from fusegrad.kernels import cuda_gemm, cuda_library
     from fusegrad.compiler.codegen.cuda import generate_cuda
-    from fusegrad.compiler.codegen.cuda_config import launch_config
+    from fusegrad.kernels.cuda_config import launch_config
     from fusegrad.runtime import cache
 
     def ty(s):

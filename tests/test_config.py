@@ -11,7 +11,7 @@ import pytest
 
 from fusegrad import backend, config
 from fusegrad.compiler import pipeline
-from fusegrad.compiler.codegen import cuda_config
+from fusegrad.kernels import cuda_config
 from fusegrad.compiler.passes import manager
 from fusegrad.ir import GraphBuilder, TensorType
 from fusegrad.ir import verify as real_verify

@@ -16,7 +16,7 @@ import pytest
 from scipy import special
 
 import fusegrad as fg
-from fusegrad.compiler.codegen import cpu_math as cm
+from fusegrad.kernels import cpu_math as cm
 
 FI = np.finfo(np.float32)
 TINY = float(FI.smallest_subnormal)          # 2**-149

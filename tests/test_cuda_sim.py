@@ -151,7 +151,7 @@ def test_cupy_views_keep_no_array_alive():
     import gc
     import weakref
 
-    from fusegrad.compiler.codegen import cuda_gemm
+    from fusegrad.kernels import cuda_gemm
 
     class Array:  # a device array as far as _as_cupy sees one
         def __init__(self, ptr):

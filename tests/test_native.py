@@ -51,9 +51,9 @@ HEADER = '''import math
 
 import numpy as np
 
-from fusegrad.compiler.codegen.cpu_intrinsics import radd
-from fusegrad.compiler.codegen.cpu_math import erf_f32, exp_f32, log_f32, sigmoid_f32, tanh_f32
-from fusegrad.compiler.codegen.kernel_lang import helper, kernel
+from fusegrad.kernels.cpu_intrinsics import radd
+from fusegrad.kernels.cpu_math import erf_f32, exp_f32, log_f32, sigmoid_f32, tanh_f32
+from fusegrad.kernels.kernel_lang import helper, kernel
 
 
 '''

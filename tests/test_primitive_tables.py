@@ -28,7 +28,7 @@ import pytest
 import fusegrad as fg
 
 from fusegrad.compiler import vjp_rules
-from fusegrad.compiler.codegen import cpu_library, cuda_library
+from fusegrad.kernels import cpu_library, cuda_library
 from fusegrad.compiler.codegen.cpu_expr import CPU_EXPR
 from fusegrad.compiler.codegen.cpu_movement import MOVEMENT
 from fusegrad.compiler.codegen.cuda_expr import CUDA_EXPR
@@ -118,8 +118,8 @@ def test_library_calls_exist_on_both_backends(op):
     assert calls, f"no primitive test case of {op} to emit library calls from"
     cpu_lacks = sorted({c.fn for c in calls if c.fn not in cpu_library.SIGNATURES})
     cuda_lacks = sorted({c.fn for c in calls if not callable(getattr(cuda_library, c.fn, None))})
-    assert not cpu_lacks, f"CPU library (codegen/cpu_library.py SIGNATURES) lacks: {cpu_lacks}"
-    assert not cuda_lacks, f"CUDA library (codegen/cuda_library.py) lacks: {cuda_lacks}"
+    assert not cpu_lacks, f"CPU library (kernels/cpu_library.py SIGNATURES) lacks: {cpu_lacks}"
+    assert not cuda_lacks, f"CUDA library (kernels/cuda_library.py) lacks: {cuda_lacks}"
     for c in calls:
         assert [a.kind for a in c.args] == cpu_library.SIGNATURES[c.fn][0].split(), c
 

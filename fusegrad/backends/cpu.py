@@ -45,7 +45,7 @@ class CpuBackend(Backend):
     def compile(self) -> None:
         from ..backend import compiler_version, kernel_compiler
         from ..compiler.artifact import Kernel
-        from ..compiler.codegen.cpu_library import DISPATCHER, DISPATCHER_NAME
+        from ..kernels.cpu_library import DISPATCHER, DISPATCHER_NAME
         from ..compiler.native.build import build_objects
         from ..runtime import cache
         from ..runtime.cpu import CpuBuild

@@ -19,7 +19,7 @@ class CudaBackend(Backend):
 
     def compile(self) -> None:
         from ..compiler.codegen.cuda import generate_cuda
-        from ..compiler.codegen.cuda_config import launch_config
+        from ..kernels.cuda_config import launch_config
         from ..runtime.cuda import CudaBuild
 
         job = self.job

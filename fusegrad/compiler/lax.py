@@ -15,7 +15,7 @@ import numpy as np
 from ..ir import Attrs, PRIMITIVES, TensorType, eval_primitive, infer_type
 from ..ir.dtypes import as_dtype
 from ..ir.types import ShapeError, normalize_axes
-from .tracer import Tracer, TraceError, context_of, current_trace, user_location
+from .symbolic import Tracer, TraceError, context_of, current_trace, user_location
 
 
 def bind(op, *args, **attrs):

@@ -14,7 +14,7 @@ import numpy as np
 from ..ir import Graph, TensorType, as_dtype
 from ..ir.types import is_device_array
 from ..pytree import TreeDef, flatten, leaf_paths, unflatten
-from .tracer import TraceContext, Tracer, TraceError
+from .symbolic import TraceContext, Tracer, TraceError
 
 
 @dataclass(frozen=True)

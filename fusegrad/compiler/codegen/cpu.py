@@ -22,7 +22,7 @@ from typing import NamedTuple
 from ..artifact import (ARENA, BASES, CONSTANTS, FLOATS, INTS, SCRATCH, ZERO, CompiledProgram,
                         Entry, Input, Kernel, Output)
 from .common import structural_names as _region_names
-from .cpu_library import library_kernel
+from ...kernels.cpu_library import library_kernel
 from .cpu_loops import CHUNKS, LoopKernel
 from .cpu_movement import Array, Count, Flag, Int, LibCall
 from .schedule import ScheduleWriter
@@ -32,9 +32,9 @@ import math
 
 import numpy as np
 
-from fusegrad.compiler.codegen.cpu_intrinsics import radd
-from fusegrad.compiler.codegen.cpu_math import erf_f32, exp_f32, log_f32, sigmoid_f32, tanh_f32
-from fusegrad.compiler.codegen.kernel_lang import kernel
+from fusegrad.kernels.cpu_intrinsics import radd
+from fusegrad.kernels.cpu_math import erf_f32, exp_f32, log_f32, sigmoid_f32, tanh_f32
+from fusegrad.kernels.kernel_lang import kernel
 
 # only FMA contraction function-wide: reductions reassociate through radd alone (see
 # cpu_intrinsics), and no 'arcp'/'afn', whose reciprocal-sqrt sequences make 1/sqrt(0) NaN

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from ...ir import Attrs, Graph, Node
 from .common import Table, structural_names
 from .cpu_expr import literal
-from .cuda_config import LaunchConfig, blocks_for
+from ...kernels.cuda_config import LaunchConfig, blocks_for
 from .cuda_loops import CudaLoop, multi_source
 from .schedule import ScheduleWriter
 
@@ -324,11 +324,11 @@ class _Driver(ScheduleWriter):
                  f'Generated; do not edit."""',
                  "import numba", "import numpy as np", "from numba import cuda", "",
                  "# Python's math module (on the simulator, NumPy's IEEE functions: no exceptions)",
-                 "from fusegrad.compiler.codegen.cuda_library import kernel_math as math"]
+                 "from fusegrad.kernels.cuda_library import kernel_math as math"]
         if "gemm" in self.library:
-            lines.append("from fusegrad.compiler.codegen.cuda_gemm import gemm")
+            lines.append("from fusegrad.kernels.cuda_gemm import gemm")
         if lib:
-            lines.append(f"from fusegrad.compiler.codegen.cuda_library import {', '.join(lib)}")
+            lines.append(f"from fusegrad.kernels.cuda_library import {', '.join(lib)}")
         lines += ["", f"THREADS = {self.cfg.threads}  # threads per block of every kernel launch "
                       f"(the reduction trees halve it)"]
         return lines

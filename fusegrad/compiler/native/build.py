@@ -22,9 +22,10 @@ from .machine import compile_ir, target_stamp
 from . import workers
 from .module import ModuleCompiler
 
-_CODEGEN = Path(__file__).resolve().parents[1] / "codegen"
+# the compiler, and the kernel libraries compiled into kernels (math, intrinsics, the library)
+_KERNELS = Path(__file__).resolve().parents[2] / "kernels"
 _SOURCES = [*sorted(Path(__file__).parent.glob("*.py")),
-            *(_CODEGEN / f for f in ("cpu_math.py", "cpu_intrinsics.py", "kernel_lang.py",
+            *(_KERNELS / f for f in ("cpu_math.py", "cpu_intrinsics.py", "kernel_lang.py",
                                      "cpu_library.py"))]
 
 

@@ -194,7 +194,7 @@ builtin(max)(_min_max(_ast.Gt))
 # ---- fusegrad's intrinsics ----------------------------------------------------------------------
 
 def _register_intrinsics():
-    from ..codegen import cpu_intrinsics, cpu_math, kernel_lang
+    from ...kernels import cpu_intrinsics, cpu_math, kernel_lang
 
     @builtin(cpu_intrinsics.radd)
     def _radd(fl, args, node):
@@ -281,8 +281,53 @@ def _register_intrinsics():
     builtin(cpu_math._max)(_select_cmp(">", "_max"))
     builtin(cpu_math._min)(_select_cmp("<", "_min"))
 
-    for obj, emit in kernel_lang.native_rows().items():
-        builtin(obj)(emit)
+    # the kernel language's own names (kernel_lang): pointers from addresses, indirect
+    # kernel calls, BLAS, pointer offsets
+
+    def cast_row(short):
+        def emit(fl, args, node):
+            (addr,) = args
+            t = T.parse_type(short + "*")
+            x = fl.b.inttoptr(addr.ir, t.llvm())
+            return V(x, t)
+        return emit
+
+    for short, fn in kernel_lang.POINTER_CASTS.items():
+        builtin(fn)(cast_row(short))
+
+    def address_row(fl, args, node):
+        (p,) = args
+        return V(fl.b.ptrtoint(p.ir, ir.IntType(64)), T.INT64)
+
+    def call_row(fl, args, node):
+        fn, block = args
+        i64 = ir.IntType(64)
+        fnty = ir.FunctionType(i64, [i64.as_pointer()])
+        target = fl.b.inttoptr(fn.ir, fnty.as_pointer())
+        return V(fl.b.call(target, [fl.b.inttoptr(block.ir, i64.as_pointer())]), T.INT64)
+
+    def gemm_row(fl, args, node):
+        if len(args) != 8:
+            raise fl.error(node, "blas_gemm(a, b, c, m, n, k, trans_a, trans_b)")
+        a, b, c, m, n, k, ta, tb = args
+        elem = a.t.elem if isinstance(a.t, T.Pointer) else None
+        if elem not in (T.FLOAT32, T.FLOAT64) or b.t != a.t or c.t != a.t:
+            raise fl.error(node, f"blas_gemm needs float32 or float64 pointers of one type, "
+                                 f"got {a.t}, {b.t}, {c.t}")
+        fl.env.gemm_call(fl, elem, a, b, c, m, n, k, ta, tb)
+        return V(None, T.VOID)
+
+    def offset_row(fl, args, node):
+        p, k = args
+        if not isinstance(p.t, T.Pointer):
+            raise fl.error(node, f"offset() needs a pointer, got {p.t}")
+        index = fl.integer(k, node)
+        return V(fl.b.gep(p.ir, [convert(fl.b, index, T.INT64).ir], inbounds=True), p.t)
+
+    builtin(kernel_lang.address)(address_row)
+    builtin(kernel_lang.call_kernel)(call_row)
+    builtin(kernel_lang.blas_gemm)(gemm_row)
+    builtin(kernel_lang.offset)(offset_row)
 
 
 _register_intrinsics()

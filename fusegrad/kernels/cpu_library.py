@@ -324,8 +324,8 @@ RETURNS_STATUS = ("check_finite", "gather", "scatter_add", "check_index")  # the
 _PARAM_TYPE = {"int": "i64", "ints": "i64*", "flag": "b1", "count": "i64", "real": "f64*"}
 
 LIBRARY_HEADER = '''"""fusegrad library kernel {name}. Generated; do not edit."""
-from fusegrad.compiler.codegen.cpu_library import {fn}
-from fusegrad.compiler.codegen.kernel_lang import kernel
+from fusegrad.kernels.cpu_library import {fn}
+from fusegrad.kernels.kernel_lang import kernel
 
 
 '''
@@ -359,7 +359,7 @@ def library_kernel(fn: str, dtypes: tuple) -> tuple[str, str]:
 DISPATCHER_NAME = "run_schedule"
 DISPATCHER = '''"""fusegrad's dispatcher: runs any program's kernels in order from its table. Generated
 once per machine; every program shares it."""
-from fusegrad.compiler.codegen.kernel_lang import address, call_kernel, kernel
+from fusegrad.kernels.kernel_lang import address, call_kernel, kernel
 
 
 @kernel("i64*")

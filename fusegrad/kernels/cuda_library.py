@@ -103,7 +103,7 @@ _flags: dict = {}
 
 
 def _require_in_range(idx, lo, hi, what):
-    from ...ir.interpret import IndexOutOfRangeError
+    from ..ir.interpret import IndexOutOfRangeError
 
     n = idx.size
     if not n:

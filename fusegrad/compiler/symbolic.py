@@ -231,19 +231,19 @@ class Tracer:
     def __ne__(self, o): return lax.compare("ne", self, o)
     def __getitem__(self, key): return lax.getitem(self, key)
     # logical operators on bool arrays (as NumPy's &, |, ^, ~ on bool arrays)
-    def __and__(self, o): return self._logical(np.logical_and, o)
-    def __rand__(self, o): return self._logical(np.logical_and, o)
-    def __or__(self, o): return self._logical(np.logical_or, o)
-    def __ror__(self, o): return self._logical(np.logical_or, o)
-    def __xor__(self, o): return self._logical(np.logical_xor, o)
-    def __rxor__(self, o): return self._logical(np.logical_xor, o)
-    def __invert__(self): return self._logical(np.logical_not)
+    def __and__(self, o): return self._logical("logical_and", self, o)
+    def __rand__(self, o): return self._logical("logical_and", self, o)
+    def __or__(self, o): return self._logical("logical_or", self, o)
+    def __ror__(self, o): return self._logical("logical_or", self, o)
+    def __xor__(self, o): return self._logical("logical_xor", self, o)
+    def __rxor__(self, o): return self._logical("logical_xor", self, o)
+    def __invert__(self): return self._logical("logical_not", self)
 
-    def _logical(self, ufunc, *other):
+    def _logical(self, name, *operands):
         if self.dtype != np.bool_:
             raise TraceError(f"bitwise operators on {self._var.type} are not supported"
                              f"{_at(user_location())}; they work on bool arrays (masks)")
-        return NUMPY_UFUNCS[ufunc](self, *other)
+        return getattr(lax_numpy, name)(*operands)
 
     # ---- ndarray methods ----
     @property
@@ -279,18 +279,18 @@ class Tracer:
     def argmax(self, axis=None):
         return lax.argmax(self, axis)
 
-    # more ndarray methods, through the NumPy dispatch table the op namespace fills
     def var(self, axis=None, keepdims=False, ddof=0):
-        return NUMPY_FUNCTIONS[np.var](self, axis=axis, keepdims=keepdims, ddof=ddof)
+        return lax_numpy.var(self, axis, keepdims, ddof)
 
     def std(self, axis=None, keepdims=False, ddof=0):
-        return NUMPY_FUNCTIONS[np.std](self, axis=axis, keepdims=keepdims, ddof=ddof)
+        return lax_numpy.std(self, axis, keepdims, ddof)
 
     def clip(self, a_min=None, a_max=None):
-        return NUMPY_FUNCTIONS[np.clip](self, a_min, a_max)
+        return lax_numpy.clip(self, a_min, a_max)
 
     def squeeze(self, axis=None):
-        return NUMPY_FUNCTIONS[np.squeeze](self, axis=axis)
+        return lax_numpy.squeeze(self, axis)
 
 
-from . import lax  # noqa: E402  (circular by design: lax builds on Tracer)
+# circular by design: lax and lax_numpy build on Tracer
+from . import lax, lax_numpy  # noqa: E402

@@ -17,7 +17,7 @@ import numba
 import numpy as np
 from numba import cuda
 
-from ... import config
+from .. import config
 from .cuda_config import launch_config
 
 

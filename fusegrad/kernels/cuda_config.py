@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-from ... import config
+from .. import config
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from ..pytree import flatten
+from .pytree import flatten
 
 
 def _batch_size(batch) -> int:

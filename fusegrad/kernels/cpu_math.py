@@ -1,27 +1,27 @@
-"""Vectorisable float32 approximations of exp, log, tanh, sigmoid and erf for generated @njit loops.
+"""Vectorisable float32 approximations of exp, log, tanh, sigmoid and erf for generated kernels.
 
-PyPI's llvmlite has no SVML, so ``np.exp``/``np.tanh``/``math.erf`` inside an @njit loop are scalar
+PyPI's llvmlite has no SVML, so ``np.exp``/``np.tanh``/``math.erf`` inside a kernel loop are scalar
 libm calls that stop LLVM from vectorising the loop (5-30x slower than these). The functions here
 are written only with float32 arithmetic, ``llvm.fmuladd``/``llvm.rint`` and integer bit tricks,
 with every data-dependent choice made by a select (clamp, final fix-up of special inputs), so a
 ``for j in range(C): out[j] = exp_f32(x[j])`` loop becomes packed AVX2/AVX-512 code.
 
-Usage contract for generated kernels:
+How kernels use them:
 
-* Call them inside loops of a function compiled with ``fastmath=FLAGS, error_model="numpy"``.
-  They are ``inline="always"``: Numba inlines them at IR level, so the *caller's* flags apply.
-  Do not use ``fastmath=True`` in such a kernel: its 'nnan'/'ninf' let LLVM delete the NaN/inf
-  selects (measured: exp(nan) -> 0, log(inf) -> 88.7). Without fastmath the results are the same
-  up to a few ulp (tested).
+* Loop kernels call them (compiler/codegen/cpu_expr.py). The native compiler (compiler/native)
+  compiles their Python source as always-inlined helpers of the calling kernel, under the
+  *caller's* fast-math flags: the shipped kernels' ``fastmath=("contract",)`` (their @kernel
+  line). The intrinsics below are lowered by native/builtins.py; Numba, the reference compiler,
+  uses the @intrinsic definitions here.
+* Never compile a caller with 'nnan'/'ninf' (Numba's ``fastmath=True``): LLVM may then delete the
+  NaN/inf selects (measured: exp(nan) -> 0, log(inf) -> 88.7).
 * Arguments are converted with ``np.float32(x)``; results are float32.
 * What must not be reassociated (Cody-Waite steps, polynomial FMAs, the two-factor 2**n
-  scaling) is emitted by intrinsics here: ``llvm.fmuladd`` (one FMA where the CPU has it; LLVM
-  does not split it under FLAGS) and two plain multiplies that carry an explicit 'nsz' flag,
-  because Numba's fast-math pass adds the caller's flags only to instructions that have none
-  (with 'reassoc', p * 2**a * 2**b was turned into p * (2**a * 2**b) and overflowed).
-* A caller cached with ``cache=True`` is not invalidated when this file changes (Numba's cache
-  does not track inlined dependencies); cpu.py stamps kernel files with this file's hash.
-* ``bitcast_f32_i32``/``bitcast_i32_f32`` are intrinsics: usable from jitted code only.
+  scaling) is emitted by intrinsics: ``llvm.fmuladd`` (one FMA where the CPU has it) and two
+  plain multiplies that carry an explicit 'nsz' flag only, so no caller's flags can turn
+  p * 2**a * 2**b into p * (2**a * 2**b), which overflowed.
+* A change to this file changes every kernel's cache key (compiler/native/build.py).
+* ``bitcast_f32_i32``/``bitcast_i32_f32`` are intrinsics: usable from compiled code only.
 
 Methods and special values:
 
@@ -46,7 +46,9 @@ Methods and special values:
   absolute in float32). +-inf -> +-1, nan -> nan.
 
 Measured accuracy against float64 NumPy/SciPy, on the AVX2+FMA development machine, every
-finite float32 input (2**32 bit patterns), loop compiled with FLAGS. ulp = float32 ulp of the
+finite float32 input (2**32 bit patterns), in a Numba loop compiled with FLAGS (a superset of
+the shipped kernels' flags); tests/test_cpu_math.py checks these bounds on sweeps through the
+shipped path (fg.jit(fg.exp) ... compiled by the native compiler). ulp = float32 ulp of the
 exact value; "normal results" = results in [FLT_MIN, FLT_MAX].
 
 =========  ================  ==============  ==========================================
@@ -98,8 +100,9 @@ __all__ = [
     "bitcast_f32_i32", "bitcast_i32_f32",
 ]
 
-#: Fast-math flags for the math functions *and* for the kernels that inline them. Keeps NaN/inf
-#: semantics (no 'nnan'/'ninf'): ``fastmath=True`` would let LLVM delete the special-value selects.
+#: The widest fast-math flags these functions are correct under (the accuracy and vectorisation
+#: measurements use them); the shipped kernels use 'contract' only. No 'nnan'/'ninf':
+#: ``fastmath=True`` would let LLVM delete the special-value selects.
 FLAGS = frozenset({"reassoc", "contract", "nsz", "arcp", "afn"})
 
 _F32 = ir.FloatType()
