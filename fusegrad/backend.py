@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import gc
 import time
-from functools import lru_cache
-from pathlib import Path
 
 from . import config, crosscheck
 from .backends import BACKENDS, backend_class
@@ -40,32 +38,6 @@ def check_target(target):
 
 def exact_math() -> bool:
     return config.get("FUSEGRAD_EXACT_MATH")
-
-
-KERNEL_COMPILERS = ("native", "numba")
-
-
-def kernel_compiler() -> str:
-    """FUSEGRAD_KERNEL_COMPILER: "native" (the default, compiler/native) or "numba" (the
-    reference: the same kernel text compiled by Numba, uncached)."""
-    choice = config.get("FUSEGRAD_KERNEL_COMPILER")
-    if choice not in KERNEL_COMPILERS:
-        raise ValueError(f"FUSEGRAD_KERNEL_COMPILER must be one of {KERNEL_COMPILERS}, got "
-                         f"{choice!r}")
-    return choice
-
-
-@lru_cache(maxsize=None)
-def compiler_version() -> str:
-    """A hash of the compiler's own source: a cached program made by other code is not used."""
-    import hashlib
-
-    h = hashlib.sha256()
-    root = Path(__file__).parent
-    for path in sorted([*root.glob("compiler/**/*.py"), *root.glob("ir/*.py"),
-                        *root.glob("kernels/*.py")]):
-        h.update(path.read_bytes())
-    return h.hexdigest()[:16]
 
 
 class compiling:

@@ -8,17 +8,43 @@ A run is one call into the dispatcher; its status says which check, if any, stop
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
+from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
+from .. import config
 from ..compiler.artifact import STATUS_INDEX, STATUS_NONFINITE, CompiledProgram
 from ..ir.fingerprint import fingerprint
 from ..ir.interpret import IndexOutOfRangeError
 from . import Backend
 
 log = logging.getLogger("fusegrad")
+KERNEL_COMPILERS = ("native", "numba")
+
+
+def kernel_compiler() -> str:
+    """FUSEGRAD_KERNEL_COMPILER: "native" (the default, compiler/native) or "numba" (the
+    reference: the same kernel text compiled by Numba, uncached)."""
+    choice = config.get("FUSEGRAD_KERNEL_COMPILER")
+    if choice not in KERNEL_COMPILERS:
+        raise ValueError(f"FUSEGRAD_KERNEL_COMPILER must be one of {KERNEL_COMPILERS}, got "
+                         f"{choice!r}")
+    return choice
+
+
+@lru_cache(maxsize=None)
+def compiler_version() -> str:
+    """A hash of the compiler's own source: a cached program made by other code is not used."""
+    h = hashlib.sha256()
+    root = Path(__file__).parents[1]  # the fusegrad package
+    for path in sorted([*root.glob("compiler/**/*.py"), *root.glob("ir/*.py"),
+                        *root.glob("kernels/*.py")]):
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
 
 
 class CpuBackend(Backend):
@@ -43,7 +69,6 @@ class CpuBackend(Backend):
 
     # ---- compiling ----
     def compile(self) -> None:
-        from ..backend import compiler_version, kernel_compiler
         from ..compiler.artifact import Kernel
         from ..kernels.cpu_library import DISPATCHER, DISPATCHER_NAME
         from ..compiler.native.build import build_objects
