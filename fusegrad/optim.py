@@ -1,6 +1,11 @@
 """fg.optim: optimizers (their updates are written in IR) and learning-rate schedules.
 
     step = fg.train_step(loss_fn, fg.optim.Adam(lr=fg.optim.schedules.cosine(1e-3, 1000)))
+    fg.optim.AdamW(6e-4, weight_decay=lambda path, x: 0.1 if x.ndim >= 2 else 0.0)
+
+Any hyper-parameter but clip_norm may be a per-parameter function (path, array) -> value. A new
+optimizer subclasses Optimizer and writes `update(p, g, state, hp)` with fusegrad ops (see its
+docstring and the README).
 
 A schedule is any callable `t -> lr` for t = 1, 2, ...; the learning rate is a runtime input of
 the compiled step, so schedules never recompile.
@@ -9,7 +14,8 @@ from __future__ import annotations
 
 import math
 
-from .compiler.optim import SGD, Adam, AdamW, Optimizer, RMSProp
+from .compiler.optim import (SGD, Adadelta, Adagrad, Adam, Adamax, AdamW, Lion, NAdam, Optimizer,
+                             RMSProp, TracedHyper)
 
 
 class schedules:  # noqa: N801  (a namespace, as in fg.optim.schedules.cosine)
@@ -40,4 +46,5 @@ class schedules:  # noqa: N801  (a namespace, as in fg.optim.schedules.cosine)
         return lambda t: lr * min(1.0, t / warmup_steps)
 
 
-__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSProp", "schedules"]
+__all__ = ["Optimizer", "TracedHyper", "SGD", "Adam", "AdamW", "RMSProp", "Adagrad", "Adadelta",
+           "Adamax", "NAdam", "Lion", "schedules"]

@@ -23,6 +23,7 @@ from .compiler.step import StepGraph, build_step_graph
 from .compiler.trace import arg_names, graph_inputs, signature_key, signature_of
 from .device import copy_into, device_put, is_device_array, to_numpy, zeros
 from .inspection import Inspection
+from .ir.types import TensorType
 from .pytree import flatten, leaf_paths, unflatten
 from .runtime.files import write_atomic
 
@@ -155,6 +156,7 @@ class TrainStep(Inspection):
         self.remat = remat
         # runtime scalars live in arrays the compiled step reads each call (no allocation)
         self._lr = np.zeros((), np.float64)
+        self._lr_vectors: dict = {}  # id(step graph) -> its per-parameter learning rates
         self._t = np.zeros((), np.int64)
         self._key = np.zeros((), np.int64)
         self._runners: dict = {}
@@ -187,10 +189,15 @@ class TrainStep(Inspection):
             if self._programs:
                 log.info("fusegrad: %s compiles again for a new signature", self.name)
             mask = _trainable_mask(self.trainable, params)
+            leaves, tree = flatten(params)
+            # per-parameter hyper-parameters, evaluated once per leaf
+            optimizers = [self.optimizer.for_parameter(path, x) if m else None
+                          for path, x, m in zip(leaf_paths(tree, "params"), leaves, mask)]
             timings: dict = {}
             with compiling():
                 prog = build_step_graph(self.loss_fn, self.optimizer, (params,) + batch, mask,
-                                        self.has_aux, self.takes_key, self.name, timings=timings)
+                                        self.has_aux, self.takes_key, self.name, timings=timings,
+                                        leaf_optimizers=optimizers)
             self._programs[key] = prog
             self._timings[id(prog)] = timings
         self._last = prog
@@ -233,12 +240,16 @@ class TrainStep(Inspection):
 
     def _init_state(self, leaves, prog: StepGraph):
         if self._slots is None:
-            pos = {prog.traced.array_leaves[k]: k for k in prog.trained}
-            self._slots = {  # where the step runs: on the device for target="cuda"
-                s: [zeros(x.shape, x.dtype, self.target) if i in pos else None  # C order
-                    for i, x in enumerate(leaves)]
-                for s in prog.slots
-            }
+            spec = {prog.traced.array_leaves[k]: specs
+                    for k, specs in zip(prog.trained, prog.slot_specs)}
+            self._slots = {s: [None] * len(leaves) for s in prog.slots}
+            for i, specs in spec.items():
+                for s, (shape, dtype, initial) in specs.items():
+                    # where the step runs: on the device for target="cuda"; C order
+                    x = zeros(shape, dtype, self.target)
+                    if initial:
+                        copy_into(x, np.full(shape, initial, dtype))
+                    self._slots[s][i] = x
 
     # ---- running ----
     def _inputs(self, params, batch):
@@ -248,7 +259,6 @@ class TrainStep(Inspection):
         prog = self._program(params, batch, flat)
         self._init_state(leaves, prog)
         t = self.t + 1
-        lr = self.optimizer.lr(t) if callable(self.optimizer.lr) else self.optimizer.lr
         # the key is the traced function's last argument (see build_step_graph)
         if self.takes_key:
             self._key[()] = step_key(self.seed, t)
@@ -257,10 +267,22 @@ class TrainStep(Inspection):
         trained_leaves = [prog.traced.array_leaves[k] for k in prog.trained]
         for i in trained_leaves:
             inputs += [self._slots[s][i] for s in prog.slots]
-        self._lr[()] = lr
+        inputs += [self._learning_rates(prog, t), self._t]
         self._t[()] = t
-        inputs += [self._lr, self._t]
         return prog, inputs, leaves, trained_leaves, t
+
+    def _learning_rates(self, prog: StepGraph, t: int) -> np.ndarray:
+        """The step's "lr" input for step t: one learning rate, or one per trained parameter
+        (schedules evaluated at t)."""
+        if prog.lrs is None:
+            lr = self.optimizer.lr
+            self._lr[()] = lr(t) if callable(lr) else lr
+            return self._lr
+        rates = self._lr_vectors.get(id(prog))
+        if rates is None:
+            rates = self._lr_vectors[id(prog)] = np.zeros(len(prog.lrs), np.float64)
+        rates[:] = [lr(t) if callable(lr) else lr for lr in prog.lrs]
+        return rates
 
     def __call__(self, params, *batch):
         prog, inputs, leaves, trained_leaves, t = self._inputs(params, batch)
@@ -437,9 +459,10 @@ class TrainStep(Inspection):
                     continue
                 if value is None:
                     fail(f"{s} has no state for {p}")
-                if value.shape != shape or value.dtype != dtype:
-                    fail(f"{s}:{p} is {value.dtype}{list(value.shape)}, the parameter "
-                         f"{dtype}{list(shape)}")
+                want, _ = self.optimizer.slot_spec(s, TensorType(str(dtype), tuple(shape)))
+                if value.shape != tuple(want.shape) or value.dtype != np.dtype(want.dtype):
+                    fail(f"{s}:{p} is {value.dtype}{list(value.shape)}, it must be "
+                         f"{want.dtype}{list(want.shape)}")
                 values.append(np.ascontiguousarray(value))
             slots[s] = values
         if self.target == "cuda":  # state lives on the device

@@ -1,7 +1,8 @@
 """The whole-step graph: forward + backward + optimizer update in one Graph.
 
     inputs:  params (param) | batch leaves (batch) | key (hyper, if the loss takes one)
-             | optimizer state slots (state) | lr (hyper) | step (hyper)
+             | optimizer state slots (state) | lr (hyper: one, or one per trained parameter
+             when they differ) | step (hyper)
     outputs: loss | aux leaves | new params (alias their inputs) | new state (alias theirs)
 
 The aliases tell the backends which outputs may be written into which inputs' storage.
@@ -33,14 +34,22 @@ class StepGraph:
     guard: int  # the output checked before any parameter is written (finite iff the loss
     #             and every gradient are)
     grad_checks: tuple  # (output index, parameter name): sum(g * 0) of each gradient
+    # per trained parameter, in `trained` order: {slot: (shape, dtype, initial value)}
+    slot_specs: tuple = ()
+    # per trained parameter: its learning rate (a number or a schedule t -> lr) when they
+    # differ (the graph then takes a vector of learning rates); None: one learning rate
+    lrs: tuple | None = None
 
 
 def build_step_graph(loss_fn, optimizer: Optimizer, args, trainable_leaves, has_aux=False,
-                     key_kwarg=False, name=None, timings: dict | None = None) -> StepGraph:
+                     key_kwarg=False, name=None, timings: dict | None = None,
+                     leaf_optimizers=None) -> StepGraph:
     """Trace loss_fn(*args) (args[0] = params), differentiate w.r.t. the trainable float
     parameter leaves and append `optimizer`'s update.
 
     `trainable_leaves[i]` says whether args[0]'s i-th leaf is trained (integer leaves never are).
+    `leaf_optimizers[i]`: the optimizer of args[0]'s i-th leaf with its per-parameter
+    hyper-parameters resolved (Optimizer.for_parameter); `optimizer` for every leaf if None.
     With key_kwarg, the loss is traced with key=<an int64 scalar graph input>.
     """
     roles = ["param"] + ["batch"] * (len(args) - 1)
@@ -82,13 +91,23 @@ def build_step_graph(loss_fn, optimizer: Optimizer, args, trainable_leaves, has_
     b.inputs, b.input_names, b.input_roles = (list(joint.inputs), list(joint.input_names),
                                               list(joint.input_roles))
     b.nodes = list(joint.nodes)
-    state_in = {}
+    opts = {k: leaf_optimizers[fwd.array_leaves[k]] if leaf_optimizers else optimizer
+            for k in trained}
+    state_in, slot_specs = {}, []
     for k in trained:
         p = joint.inputs[k]
+        specs = {}
         for slot in optimizer.slots:
-            state_in[k, slot] = b.add_input(p.type, f"{slot}[{joint.input_names[k]}]", "state")
-    hp = Hyper(lr=b.add_input(TensorType("float64", ()), "lr", "hyper"),
-               step=b.add_input(TensorType("int64", ()), "step", "hyper"))
+            t, initial = opts[k].slot_spec(slot, p.type)
+            specs[slot] = (tuple(t.shape), t.dtype, float(initial))
+            state_in[k, slot] = b.add_input(t, f"{slot}[{joint.input_names[k]}]", "state")
+        slot_specs.append(specs)
+    lrs = tuple(opts[k].lr for k in trained)
+    one_lr = all(lr is optimizer.lr for lr in lrs)
+    lr_in = b.add_input(TensorType("float64", () if one_lr else (len(trained),)), "lr", "hyper")
+    step_in = b.add_input(TensorType("int64", ()), "step", "hyper")
+    hps = {k: Hyper(lr=lr_in if one_lr else _element(b, lr_in, j), step=step_in)
+           for j, k in enumerate(trained)}
 
     e = Emitter(b, part="update")
     grads = list(joint.outputs[n_outputs:])
@@ -102,7 +121,9 @@ def build_step_graph(loss_fn, optimizer: Optimizer, args, trainable_leaves, has_
     for k, g in zip(trained, grads):
         e.loc = None
         p = joint.inputs[k]
-        new_p, new_s = optimizer.update(e, p, g, {s: state_in[k, s] for s in optimizer.slots}, hp)
+        state = {s: state_in[k, s] for s in optimizer.slots}
+        new_p, new_s = opts[k].emit_update(e, p, g, state, hps[k])
+        new_s = {s: new_s.get(s, state[s]) for s in optimizer.slots}  # left out: unchanged
         aliases.append((len(outputs), k))
         outputs.append(new_p)
         names.append(f"new {joint.input_names[k]}")
@@ -124,7 +145,14 @@ def build_step_graph(loss_fn, optimizer: Optimizer, args, trainable_leaves, has_
     if timings is not None:
         timings.update(trace=t1 - t0, autodiff=t2 - t1, optimizer=time.perf_counter() - t2)
     return StepGraph(step, fwd, trained, tuple(optimizer.slots), aux_tree, guard,
-                     tuple(grad_checks))
+                     tuple(grad_checks), tuple(slot_specs), None if one_lr else lrs)
+
+
+def _element(b, vector, j):
+    """vector[j] as a scalar Var (a parameter's own learning rate)."""
+    e = Emitter(b, part="update")
+    one = e("slice", vector, starts=(j,), steps=(1,), sizes=(1,))
+    return e.reshape(one, ())
 
 
 def _gradient_checks(e: Emitter, grads, dtype) -> list:

@@ -59,8 +59,10 @@ class TraceError(TypeError):
 class TraceContext:
     """One tracing session: a GraphBuilder plus constant de-duplication."""
 
-    def __init__(self, name: str):
-        self.builder = GraphBuilder(name)
+    def __init__(self, name: str, builder: GraphBuilder | None = None):
+        # `builder`: record into a graph being built elsewhere (an optimizer's traced update
+        # appends to the step graph)
+        self.builder = builder if builder is not None else GraphBuilder(name)
         self._constants: dict = {}
 
     def __enter__(self):

@@ -57,6 +57,7 @@ class _Facts(NamedTuple):
     all_loopable: bool
     writes_aliased: bool  # writes a parameter or optimizer state
     guard_needs: bool  # the guard value (the loss) depends on it
+    after_write: bool  # it (or a free node it recomputes) reads a parameter's new value
     recomputed: bool  # a backward copy of forward nodes (passes/remat.py)
     forward: bool  # in the forward part
 
@@ -96,6 +97,14 @@ class _Partition:
             if p is not None and p not in self.guard_cone:
                 self.guard_cone.add(p)
                 stack.extend(p.inputs)
+        # the nodes computed from a new parameter or state value: a kernel the guard needs
+        # must hold none of them (nor recompute one), or the guard would wait for a write
+        written = set(self.aliased)
+        self.after_write = set()
+        for n in self.nodes:
+            if any(v in written for v in n.inputs):
+                self.after_write.add(n)
+                written.update(n.outputs)
         free_vars: set = set()
         self.free = set()
         self._single_plans: dict = {}  # node -> (the free nodes it needs, its loop plan)
@@ -305,8 +314,11 @@ class _Partition:
         return maps, reductions
 
     def _facts(self, n) -> _Facts:
+        after_write = n in self.after_write or any(
+            m in self.after_write for m in self.needs[self.group[n]])
         return _Facts(n in self.loopable, any(v in self.aliased for v in n.outputs),
-                      n in self.guard_cone, n in self.recomputed, n.part == "forward")
+                      n in self.guard_cone, after_write, n in self.recomputed,
+                      n.part == "forward")
 
     def try_merge(self, ga, gb) -> bool:
         if ga == gb:
@@ -314,7 +326,7 @@ class _Partition:
         facts = self.facts[ga].merge(self.facts[gb])
         if not facts.all_loopable:
             return False
-        if facts.writes_aliased and facts.guard_needs:
+        if facts.guard_needs and (facts.writes_aliased or facts.after_write):
             return False
         if facts.recomputed and facts.forward:
             return False
