@@ -17,7 +17,7 @@ import numpy as np
 from .compiler import lax
 from .compiler.lax import dtype_of, is_array, shape_of
 from .compiler.lax_numpy import argument_error, as_array, as_float
-from .compiler.symbolic import Tracer
+from .compiler.symbolic import Tracer, current_trace
 from .ir.types import ShapeError, normalize_axes
 
 __all__ = [
@@ -273,11 +273,22 @@ def _key_part(key, what):
 
 
 def dropout(x, p=0.5, key=None, training=True):
-    """Zero elements with probability p, scale the rest by 1/(1-p); key: seed or (seed, counter)."""
+    """Zero elements with probability p, scale the rest by 1/(1-p); training=False (evaluation)
+    returns x. key: a seed, or (seed, counter); without one, the draw comes from the key of the
+    compiled training step (fg.train_step supplies a new one every step, each dropout call its
+    own part of it). Anywhere else a key is needed: dropout is never silently off."""
     if isinstance(p, Tracer) or not isinstance(p, numbers.Real) or not 0 <= p < 1:
         raise argument_error(ValueError, f"dropout: p must be a number in [0, 1), got {p!r}")
-    if key is None or p == 0 or not training:  # no key: evaluation, nothing to draw from
+    if p == 0 or not training:
         return x
+    if key is None:
+        ctx = current_trace()
+        key = ctx.draw_key() if ctx is not None else None
+        if key is None:
+            raise argument_error(ValueError, (
+                "dropout: training needs a random key. fg.train_step supplies one itself; "
+                "in fg.jit / fg.grad or eager code pass key= (an int seed, or (seed, counter)), "
+                "e.g. give your function a `key` argument, or pass training=False to evaluate"))
     x = as_array(x)
     if dtype_of(x) not in _FLOAT:
         raise argument_error(TypeError, f"dropout: x must be float32 or float64, got "

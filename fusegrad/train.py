@@ -259,11 +259,13 @@ class TrainStep(Inspection):
         prog = self._program(params, batch, flat)
         self._init_state(leaves, prog)
         t = self.t + 1
-        # the key is the traced function's last argument (see build_step_graph)
-        if self.takes_key:
+        # the key is the traced function's last argument, or its last input (build_step_graph)
+        if prog.takes_key:
             self._key[()] = step_key(self.seed, t)
-        key = (self._key,) if self.takes_key else ()
-        inputs = graph_inputs(prog.traced, leaves=flat[0] + list(key))
+        inputs = graph_inputs(prog.traced, leaves=flat[0] + ([self._key] if self.takes_key
+                                                             else []))
+        if prog.traced.implicit_key:
+            inputs.append(self._key)
         trained_leaves = [prog.traced.array_leaves[k] for k in prog.trained]
         for i in trained_leaves:
             inputs += [self._slots[s][i] for s in prog.slots]

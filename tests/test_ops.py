@@ -262,7 +262,7 @@ ROWS = [
     Row("dropout", (X3,), lambda x: dropout_ref(x, 0.25, 7), dict(p=0.25, key=7)),
     Row("dropout", (X3,), lambda x: dropout_ref(x, 0.5, (3, 11)), dict(p=0.5, key=(3, 11)),
         tag="pair"),
-    Row("dropout", (X3,), lambda x: x, dict(p=0.5, key=None), tag="no-key"),
+    Row("dropout", (X3,), lambda x: x, dict(p=0.5, training=False), tag="evaluation"),
     Row("embedding", (INTS, f32(6, 3)), lambda i, t: t[i]),
 ]
 
@@ -362,10 +362,20 @@ def test_conv_and_pools_use_unfold_and_one_matmul():
 
 
 def test_dropout_identity_cases():
-    for kwargs in (dict(p=0.0, key=3), dict(p=0.5, key=None), dict(p=0.5, key=3, training=False)):
+    for kwargs in (dict(p=0.0, key=3), dict(p=0.5, key=3, training=False),
+                   dict(p=0.5, training=False)):
         assert fg.dropout(A, **kwargs) is A
         g = fg.jit(lambda x: fg.dropout(x, **kwargs)).trace(A).graph
         assert g.count("random_uniform") == 0
+
+
+def test_dropout_in_training_without_a_key_is_an_error_outside_train_step():
+    """Dropout is never silently off: without a key (and without a train_step to supply one)
+    training mode raises, saying how to pass one."""
+    with pytest.raises(ValueError, match="dropout: training needs a random key.*training=False"):
+        fg.dropout(A, 0.5)
+    with pytest.raises(ValueError, match="fg.train_step supplies one itself"):
+        fg.jit(lambda x: fg.dropout(x, 0.5))(A)
 
 
 def test_dropout_traced_key_and_statistics():

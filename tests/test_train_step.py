@@ -435,17 +435,18 @@ def test_fresh_key_every_step_and_reproducible_by_seed():
     assert not np.array_equal(traj_a[-1]["w1"], runs["c"][0][-1]["w1"])
 
 
-def test_dropout_is_active_in_training_and_off_without_key():
+def test_dropout_is_active_in_training_and_needs_a_key_elsewhere():
+    """Once, a loss called without a key silently skipped its dropout; now a compiled function
+    without a key raises, and the training step (which passes its key) drops."""
     params = make_params()
     x, y = batches(1)[0]
-    eval_loss = fg.jit(lambda p, x, y: dropout_loss(p, x, y)[0])
-    deterministic = eval_loss(params, x, y)
-    assert deterministic == fg.jit(plain_loss)(params, x, y)
-    assert eval_loss(params, x, y) == deterministic  # no key: no randomness
-    assert np.all(fg.jit(dropout_loss)(params, x, y)[1]["mask"] == 1)
+    with pytest.raises(ValueError, match="dropout: training needs a random key"):
+        fg.jit(lambda p, x, y: dropout_loss(p, x, y)[0])(params, x, y)
+    deterministic = fg.jit(plain_loss)(params, x, y)
     step = fg.train_step(dropout_loss, fg.optim.SGD(lr=0.1), has_aux=True)
-    train_loss, _ = step(params, x, y)
+    train_loss, aux = step(params, x, y)
     assert train_loss != deterministic
+    assert 0.3 < np.mean(aux["mask"] == 0) < 0.7
 
 
 def test_key_checkpoint_keeps_the_random_stream(tmp_path):
@@ -539,3 +540,31 @@ def test_has_aux_returns_loss_and_aux_pytree():
     # the loss alone, without has_aux
     plain = fg.train_step(loss_fn, fg.optim.Adam(lr=0.01))
     assert np.ndim(plain(make_params(), *batches(1)[0])) == 0
+
+
+# ---- dropout without a key: the step supplies it ---------------------------------------------
+
+
+def test_dropout_without_a_key_draws_from_the_step():
+    """A loss calling fg.dropout without a key gets the step's key (new every step, one part of
+    it per call): the masks differ between calls and steps, and the same seed repeats them."""
+    def loss(p, x):
+        h = fg.dropout(x @ p["w"], 0.5)
+        g = fg.dropout(x @ p["w"], 0.5)  # another call: another mask
+        return fg.mean(h * h) + 3 * fg.mean(g * g), (h, g)
+
+    def run(seed):
+        p = {"w": np.ones((4, 64), np.float32)}
+        step = fg.train_step(loss, fg.optim.SGD(1e-6), has_aux=True, seed=seed)
+        return [step(p, np.ones((8, 4), np.float32))[1] for _ in range(2)]
+
+    (h1, g1), (h2, _) = run(0)
+    for m in (h1, g1, h2):
+        zero = np.mean(m == 0)
+        assert 0.35 < zero < 0.65, zero  # really dropping half
+    assert not np.array_equal(h1 == 0, g1 == 0)  # two calls, two masks
+    assert not np.array_equal(h1 == 0, h2 == 0)  # two steps, two masks
+    (h1_again, _), _ = run(0)
+    np.testing.assert_array_equal(h1, h1_again)  # the seed repeats them
+    (h1_other, _), _ = run(1)
+    assert not np.array_equal(h1 == 0, h1_other == 0)

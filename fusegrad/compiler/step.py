@@ -1,6 +1,7 @@
 """The whole-step graph: forward + backward + optimizer update in one Graph.
 
-    inputs:  params (param) | batch leaves (batch) | key (hyper, if the loss takes one)
+    inputs:  params (param) | batch leaves (batch) | key (hyper, if the loss takes one or a
+             random op draws from the step's key)
              | optimizer state slots (state) | lr (hyper: one, or one per trained parameter
              when they differ) | step (hyper)
     outputs: loss | aux leaves | new params (alias their inputs) | new state (alias theirs)
@@ -39,6 +40,9 @@ class StepGraph:
     # per trained parameter: its learning rate (a number or a schedule t -> lr) when they
     # differ (the graph then takes a vector of learning rates); None: one learning rate
     lrs: tuple | None = None
+    # the step takes a random key: the loss's `key` argument, or one the trace made for random
+    # ops called without a key (traced.implicit_key: the last forward input)
+    takes_key: bool = False
 
 
 def build_step_graph(loss_fn, optimizer: Optimizer, args, trainable_leaves, has_aux=False,
@@ -68,7 +72,9 @@ def build_step_graph(loss_fn, optimizer: Optimizer, args, trainable_leaves, has_
     else:
         fn = loss_fn
     t0 = time.perf_counter()
-    fwd = trace(fn, args, name=name or getattr(loss_fn, "__name__", "loss"), roles=roles)
+    # random ops called without a key (fg.dropout) draw from the step's own key
+    fwd = trace(fn, args, name=name or getattr(loss_fn, "__name__", "loss"), roles=roles,
+                random_key="last" if key_kwarg else "new")
     t1 = time.perf_counter()
     graph = fwd.graph
     if key_kwarg:
@@ -145,7 +151,8 @@ def build_step_graph(loss_fn, optimizer: Optimizer, args, trainable_leaves, has_
     if timings is not None:
         timings.update(trace=t1 - t0, autodiff=t2 - t1, optimizer=time.perf_counter() - t2)
     return StepGraph(step, fwd, trained, tuple(optimizer.slots), aux_tree, guard,
-                     tuple(grad_checks), tuple(slot_specs), None if one_lr else lrs)
+                     tuple(grad_checks), tuple(slot_specs), None if one_lr else lrs,
+                     key_kwarg or fwd.implicit_key)
 
 
 def _element(b, vector, j):

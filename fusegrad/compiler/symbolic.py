@@ -23,6 +23,11 @@ _NUMPY_DIR = os.path.dirname(os.path.abspath(np.__file__))
 NUMPY_FUNCTIONS: dict = {}
 NUMPY_UFUNCS: dict = {}
 
+# counters of the draws from a trace's own key start here, far from the small counters users
+# pass with an explicit key=(seed, counter)
+IMPLICIT_COUNTERS = 1 << 40
+
+
 class _TraceStack(threading.local):
     """The traces in progress, per thread: two threads may trace (and compile) at once."""
 
@@ -64,6 +69,21 @@ class TraceContext:
         # appends to the step graph)
         self.builder = builder if builder is not None else GraphBuilder(name)
         self._constants: dict = {}
+        # the random key of this trace (fg.train_step's, new every step) for random ops called
+        # without one (fg.dropout); `make_random_key` creates it on first use
+        self.random_key: "Tracer | None" = None
+        self.make_random_key = None
+        self._draws = 0
+
+    def draw_key(self):
+        """(key tracer, counter) for one more random op drawing from the trace's key, distinct
+        from every other draw of this trace; None when the trace has no key."""
+        if self.random_key is None and self.make_random_key is not None:
+            self.random_key = self.make_random_key()
+        if self.random_key is None:
+            return None
+        self._draws += 1
+        return self.random_key, IMPLICIT_COUNTERS + self._draws
 
     def __enter__(self):
         _TRACES.stack.append(self)

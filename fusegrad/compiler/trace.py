@@ -26,6 +26,8 @@ class Traced:
     out_tree: TreeDef
     static: tuple  # (leaf index, value) of the static leaves, in order
     array_leaves: tuple  # indices of the leaves that became graph inputs
+    # the graph's last input is a random key the trace made for itself (trace's random_key)
+    implicit_key: bool = False
 
 
 def is_static_leaf(x) -> bool:
@@ -74,13 +76,17 @@ def signature_of(leaves, tree):
     return tree, tuple(sig)
 
 
-def trace(fn, args, name=None, roles=None, kwargs=None) -> Traced:
+def trace(fn, args, name=None, roles=None, kwargs=None, random_key=None) -> Traced:
     """Trace `fn(*args, **kwargs)` into a Graph. `roles[i]` is the input role of args[i]'s leaves
-    (default 'batch'); kwargs are static."""
+    (default 'batch'); kwargs are static. `random_key` is where random ops called without a key
+    draw from: None (nowhere: they raise), "last" (the last argument, an int64 scalar) or "new"
+    (an int64 graph input "key" made on first use, after the others: Traced.implicit_key)."""
     args = tuple(args)
     names = arg_names(fn, len(args))
     roles = roles or ["batch"] * len(args)
     ctx = TraceContext(name or getattr(fn, "__name__", "fn"))
+    if random_key == "new":
+        ctx.make_random_key = lambda: ctx.new_input(TensorType("int64", ()), "key", "hyper")
     traced_args = []
     static, array_leaves, offset = [], [], 0
     for i, (arg, prefix, role) in enumerate(zip(args, names, roles)):
@@ -96,6 +102,9 @@ def trace(fn, args, name=None, roles=None, kwargs=None) -> Traced:
                 new_leaves.append(ctx.new_input(leaf_type(x, path), path, role))
             offset += 1
         traced_args.append(unflatten(tree, new_leaves))
+    if random_key == "last":
+        ctx.random_key = traced_args[-1]
+    n_inputs = len(ctx.builder.inputs)
     with ctx:
         result = fn(*traced_args, **(kwargs or {}))
         out_leaves, out_tree = flatten(result)
@@ -110,7 +119,8 @@ def trace(fn, args, name=None, roles=None, kwargs=None) -> Traced:
         out_names = leaf_paths(out_tree, "out")
     graph = ctx.builder.build(out_vars, out_names)
     _, in_tree = flatten(args)
-    return Traced(graph, in_tree, out_tree, tuple(static), tuple(array_leaves))
+    return Traced(graph, in_tree, out_tree, tuple(static), tuple(array_leaves),
+                  implicit_key=len(graph.inputs) > n_inputs)
 
 
 def graph_inputs(traced: Traced, args=None, leaves=None) -> list:
