@@ -13,8 +13,11 @@ import numpy as np
 
 from .backend import Runner, check_target, compiling
 from .compiler.autodiff import differentiate
+from .compiler.symbolic import assign
 from .compiler.trace import Traced, graph_inputs, has_tracer, inline, signature_key, trace
 from .inspection import Inspection
+from .device import copy_into
+from .ir.dtypes import is_float
 from .ir.types import is_device_array
 from .pytree import TreeDef, unflatten
 
@@ -64,11 +67,16 @@ class CompiledFunction(Inspection):
         inputs = graph_inputs(traced, args)
         if has_tracer(args):
             outs = inline(traced.graph, inputs)
+            for o, k in traced.assigned:  # fg.assign inside: the outer trace's assignment
+                assign(inputs[k], outs[o])
         else:
             # device arrays (fg.device_put) go to the runner as they are: no copy to the host
-            _, outs = self.runner(traced).run([x if is_device_array(x) else np.asarray(x)
-                                               for x in inputs])
-        return unflatten(traced.out_tree, outs)
+            runner = self.runner(traced)
+            _, outs = runner.run([x if is_device_array(x) else np.asarray(x) for x in inputs])
+            if not runner.updates_in_place:
+                for o, k in traced.assigned:  # fg.assign: written once the call is done
+                    copy_into(inputs[k], outs[o])
+        return unflatten(traced.out_tree, outs[:len(outs) - len(traced.assigned)])
 
     def trace(self, *args) -> Traced:
         if args:
@@ -103,7 +111,7 @@ def _leaf_owner(in_tree: TreeDef) -> list[int]:
 
 
 def _without_static(tree: TreeDef, is_array: list) -> TreeDef:
-    """`tree` with its static leaves (no gradient) turned into None entries."""
+    """`tree` with the leaves that get no gradient turned into None entries."""
     it = iter(is_array)
 
     def walk(td):
@@ -143,21 +151,40 @@ class GradFunction(CompiledFunction):
         self._check_output(fwd.out_tree)
         owner = _leaf_owner(fwd.in_tree)
         graph_input_of_leaf = {leaf: k for k, leaf in enumerate(fwd.array_leaves)}
+        # no gradient for static leaves, integer leaves (counters, indices) and buffers that
+        # fg.assign gives new values (batch norm's running statistics): None in the result
+        assigned = {k for _, k in fwd.assigned}
+        inputs = fwd.graph.inputs
+        has_grad = {leaf: k for leaf, k in graph_input_of_leaf.items()
+                    if k not in assigned and is_float(inputs[k].dtype)}
         wrt, grad_trees = [], []
         for a in argnums:
             leaves = [leaf for leaf in range(len(owner)) if owner[leaf] == a]
-            wrt += [graph_input_of_leaf[leaf] for leaf in leaves if leaf in graph_input_of_leaf]
+            mine = {leaf: graph_input_of_leaf[leaf] for leaf in leaves
+                    if leaf in graph_input_of_leaf and graph_input_of_leaf[leaf] not in assigned}
+            if mine and not any(leaf in has_grad for leaf in leaves):
+                # an argument of integers only: differentiate says why, naming it
+                wrt += list(mine.values())
+                grad_trees.append(_without_static(fwd.in_tree.children[a],
+                                                  [leaf in mine for leaf in leaves]))
+                continue
+            wrt += [has_grad[leaf] for leaf in leaves if leaf in has_grad]
             grad_trees.append(_without_static(fwd.in_tree.children[a],
-                                              [leaf in graph_input_of_leaf for leaf in leaves]))
+                                              [leaf in has_grad for leaf in leaves]))
         joint = differentiate(fwd.graph, wrt, of=0)
         grads_tree = grad_trees[0] if self.single else TreeDef("tuple", (), tuple(grad_trees))
-        if self.with_value:
-            out_tree = TreeDef("tuple", (), (fwd.out_tree, grads_tree))
-        else:
-            k = len(fwd.graph.outputs)
-            joint = joint.replace(outputs=joint.outputs[k:], output_names=joint.output_names[k:])
-            out_tree = grads_tree
-        return Traced(joint, fwd.in_tree, out_tree, fwd.static, fwd.array_leaves)
+        # outputs: [the function's value,] the gradients, then fg.assign's new values
+        n_fwd, n_new = len(fwd.graph.outputs), len(fwd.assigned)
+        keep = list(range(n_fwd - n_new)) if self.with_value else []
+        keep += list(range(n_fwd, len(joint.outputs))) + list(range(n_fwd - n_new, n_fwd))
+        assigned = tuple((len(keep) - n_new + j, k) for j, (_, k) in enumerate(fwd.assigned))
+        joint = joint.replace(outputs=tuple(joint.outputs[i] for i in keep),
+                              output_names=tuple(joint.output_names[i] for i in keep),
+                              aliases=assigned)
+        out_tree = TreeDef("tuple", (), (fwd.out_tree, grads_tree)) if self.with_value \
+            else grads_tree
+        return Traced(joint, fwd.in_tree, out_tree, fwd.static, fwd.array_leaves,
+                      assigned=assigned)
 
 
 def grad(fn, argnums=0, has_aux=False, *, target=None):

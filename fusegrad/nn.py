@@ -17,11 +17,11 @@ import numpy as np
 from .compiler import lax
 from .compiler.lax import dtype_of, is_array, shape_of
 from .compiler.lax_numpy import argument_error, as_array, as_float
-from .compiler.symbolic import Tracer, current_trace
+from .compiler.symbolic import Tracer, assign, current_trace
 from .ir.types import ShapeError, normalize_axes
 
 __all__ = [
-    "logaddexp", "gelu", "softmax", "log_softmax", "logsumexp", "one_hot", "cross_entropy", "mse", "layer_norm",
+    "logaddexp", "gelu", "batch_norm", "softmax", "log_softmax", "logsumexp", "one_hot", "cross_entropy", "mse", "layer_norm",
     "conv2d", "max_pool2d", "avg_pool2d", "dropout", "embedding",
 ]
 
@@ -187,6 +187,61 @@ def layer_norm(x, weight=None, bias=None, eps=1e-5):
         y = lax.mul(y, weight)
     if bias is not None:
         y = lax.add(y, bias)
+    return y
+
+
+def batch_norm(x, weight=None, bias=None, running_mean=None, running_var=None, training=True,
+               momentum=0.1, eps=1e-5):
+    """torch's batch norm over axis 1 (channels) of x (N, C) or (N, C, ...): in training,
+    normalised with the batch's mean and (biased) variance per channel, and the running
+    statistics, when given, moved towards them: r = (1 - momentum) r + momentum * batch value,
+    with the unbiased variance (torch's convention). They are updated with fg.assign, so pass
+    them as leaves of the parameters: a train_step writes them after its update and does not
+    train them. With training=False, normalised with the running statistics."""
+    x = as_float(x)
+    shape = shape_of(x)
+    if len(shape) < 2:
+        raise argument_error(ShapeError, f"batch_norm: x must be (N, C) or (N, C, ...) with "
+                                         f"channels on axis 1, got shape {shape}")
+    channels = shape[1]
+    for name, v in (("weight", weight), ("bias", bias), ("running_mean", running_mean),
+                    ("running_var", running_var)):
+        if v is not None and shape_of(v) != (channels,):
+            raise argument_error(ShapeError, f"batch_norm: {name} must have shape ({channels},) "
+                                             f"(x's axis 1, x shape {shape}), got shape "
+                                             f"{shape_of(v)}")
+    if not isinstance(momentum, numbers.Real) or not 0 <= momentum <= 1:
+        raise argument_error(ValueError, f"batch_norm: momentum must be a number in [0, 1], got "
+                                         f"{momentum!r} (torch's cumulative average, "
+                                         f"momentum=None, is not supported)")
+    axes = (0, *range(2, len(shape)))
+    per_channel = (1, channels) + (1,) * (len(shape) - 2)  # broadcasts over axis 1
+    if training:
+        n = int(np.prod([shape[a] for a in axes], dtype=np.int64))
+        if n < 2:
+            raise argument_error(ValueError, f"batch_norm: training needs more than one value "
+                                             f"per channel, x has shape {shape}")
+        mean = lax.mean(x, axes, keepdims=True)
+        centred = lax.sub(x, mean)
+        var = lax.mean(lax.mul(centred, centred), axes, keepdims=True)
+        m = float(momentum)
+        for stat, batch in ((running_mean, mean), (running_var, lax.mul(var, n / (n - 1)))):
+            if stat is not None:
+                batch = lax.reshape(lax.stop_gradient(batch), (channels,))
+                assign(stat, lax.add(lax.mul(stat, 1.0 - m), lax.mul(batch, m)))
+        y = lax.mul(centred, lax.unary("rsqrt", lax.add(var, float(eps))))
+    else:
+        if running_mean is None or running_var is None:
+            raise argument_error(ValueError, "batch_norm: training=False normalises with the "
+                                             "running statistics: pass running_mean and "
+                                             "running_var")
+        mean = lax.reshape(running_mean, per_channel)
+        scale = lax.unary("rsqrt", lax.add(lax.reshape(running_var, per_channel), float(eps)))
+        y = lax.mul(lax.sub(x, mean), scale)
+    if weight is not None:
+        y = lax.mul(y, lax.reshape(weight, per_channel))
+    if bias is not None:
+        y = lax.add(y, lax.reshape(bias, per_channel))
     return y
 
 

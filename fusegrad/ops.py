@@ -14,7 +14,8 @@ import numpy as np
 from . import nn
 from .compiler import lax
 from .compiler.lax import dtype_of, is_array, shape_of
-from .compiler.symbolic import NUMPY_FUNCTIONS, NUMPY_UFUNCS, TraceError, context_of, current_trace
+from .compiler.symbolic import (NUMPY_FUNCTIONS, NUMPY_UFUNCS, TraceError, assign, context_of,
+                                current_trace)
 from .ir.dtypes import as_dtype
 from .ir.types import ShapeError, normalize_axes
 from .nn import *  # noqa: F401,F403
@@ -257,7 +258,7 @@ __all__ = [
     "exp", "log", "log1p", "sqrt", "rsqrt", "tanh", "sigmoid", "sin", "cos", "erf", "reciprocal",
     "abs", "sign", "negative", "square", "relu", "add", "subtract", "multiply", "divide",
     "power", "maximum", "minimum", "equal", "not_equal", "less", "less_equal",
-    "greater", "greater_equal", "where", "astype", "stop_gradient",
+    "greater", "greater_equal", "where", "astype", "stop_gradient", "assign",
     "sum", "mean", "max", "min", "argmax",
     "reshape", "transpose", "swapaxes", "expand_dims", "squeeze", "broadcast_to", "concatenate",
     "stack", "pad", "take", "zeros_like", "ones_like", "full_like", "matmul", "dot",

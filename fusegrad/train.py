@@ -329,6 +329,8 @@ class TrainStep(Inspection):
         out_of_input = {i: o for o, i in graph.aliases}
         for j, (k, leaf) in enumerate(zip(prog.trained, trained_leaves)):
             np.copyto(leaves[leaf], outs[out_of_input[k]])
+        for o, k in prog.assigned:  # buffers (fg.assign)
+            np.copyto(leaves[prog.traced.array_leaves[k]], outs[o])
         first_state = len(graph.inputs) - 2 - n_slots * len(trained_leaves)
         for j, leaf in enumerate(trained_leaves):
             for s_i, s in enumerate(prog.slots):

@@ -170,6 +170,8 @@ ROWS = [
     Row("clip", (A,), lambda x: np.maximum(x, 0), dict(a_min=0), tag="lower"),
     Row("astype", (A * 3,), lambda x: np.trunc(x).astype(np.int64), dict(dtype="int64")),
     Row("stop_gradient", (A,), lambda x: x),
+    # returns the value; writes it into its own target array (eagerly, or after the jit call)
+    Row("assign", (np.zeros((2, 3, 4), np.float32), X3), lambda t, v: v),
     Row("sum", (X3,), lambda x: x.astype(np.float64).sum(1), dict(axis=1), dtype="float32"),
     Row("sum", (X3,), lambda x: x.astype(np.float64).sum(), dtype="float32", tag="all"),
     Row("sum", (X3,), lambda x: x.astype(np.float64).sum((0, 2), keepdims=True),
@@ -243,6 +245,11 @@ ROWS = [
         dtype="float32", tag="probs"),
     Row("mse", (A, B), lambda a, b: np.mean((a.astype(np.float64) - b) ** 2), dtype="float32"),
     Row("layer_norm", (X3, V, f32(4)), layer_norm_ref, dtype="float32", rtol=1e-4, atol=1e-5),
+    # batch statistics over axes (0, 2, 3); torch comparisons, running statistics: test_batch_norm
+    Row("batch_norm", (IMG, f32(3), f32(3)),
+        lambda x, w, b: (x - x.mean((0, 2, 3), keepdims=True))
+        / np.sqrt(x.var((0, 2, 3), keepdims=True) + 1e-5) * w[:, None, None] + b[:, None, None],
+        dtype="float32", rtol=1e-4, atol=1e-5),
     Row("layer_norm", (X3,), lambda x: layer_norm_ref(x, eps=1e-3), dict(eps=1e-3),
         dtype="float32", rtol=1e-4, atol=1e-5, tag="plain"),
     Row("conv2d", (IMG, W33), conv2d_ref, dtype="float32", rtol=1e-4, atol=1e-5),

@@ -4,7 +4,8 @@
              random op draws from the step's key)
              | optimizer state slots (state) | lr (hyper: one, or one per trained parameter
              when they differ) | step (hyper)
-    outputs: loss | aux leaves | new params (alias their inputs) | new state (alias theirs)
+    outputs: loss | aux leaves | buffers' new values (fg.assign) | new params (alias their
+             inputs) | new state (alias theirs) | finite checks
 
 The aliases tell the backends which outputs may be written into which inputs' storage.
 """
@@ -43,6 +44,9 @@ class StepGraph:
     # the step takes a random key: the loss's `key` argument, or one the trace made for random
     # ops called without a key (traced.implicit_key: the last forward input)
     takes_key: bool = False
+    # (output index, input index) of the buffers fg.assign gave new values (written with the
+    # update)
+    assigned: tuple = ()
 
 
 def build_step_graph(loss_fn, optimizer: Optimizer, args, trainable_leaves, has_aux=False,
@@ -83,8 +87,11 @@ def build_step_graph(loss_fn, optimizer: Optimizer, args, trainable_leaves, has_
         graph = graph.replace(input_names=tuple(names))
     n_param_leaves = fwd.in_tree.children[0].num_leaves
     param_inputs = [k for k, leaf in enumerate(fwd.array_leaves) if leaf < n_param_leaves]
+    # buffers that fg.assign gives new values (batch norm's running statistics) are not trained
+    assigned = {k for _, k in fwd.assigned}
     trained = tuple(k for k in param_inputs
-                    if trainable_leaves[fwd.array_leaves[k]] and is_float(graph.inputs[k].dtype))
+                    if trainable_leaves[fwd.array_leaves[k]] and is_float(graph.inputs[k].dtype)
+                    and k not in assigned)
     if not trained:
         raise ValueError("train_step: no trainable float parameters (check `trainable=`)")
     out_tree = fwd.out_tree
@@ -121,9 +128,9 @@ def build_step_graph(loss_fn, optimizer: Optimizer, args, trainable_leaves, has_
     guard_value = Emitter(b, part="backward").add(joint.outputs[0], _total(b, checks))
     if optimizer.clip_norm is not None:
         grads = clip_by_global_norm(e, grads, optimizer.clip_norm)
-    outputs = list(joint.outputs[:n_outputs])
+    outputs = list(joint.outputs[:n_outputs])  # loss, aux, fg.assign's new values
     names = list(joint.output_names[:n_outputs])
-    aliases, new_states = [], []
+    aliases, new_states = list(fwd.assigned), []
     for k, g in zip(trained, grads):
         e.loc = None
         p = joint.inputs[k]
@@ -152,7 +159,7 @@ def build_step_graph(loss_fn, optimizer: Optimizer, args, trainable_leaves, has_
         timings.update(trace=t1 - t0, autodiff=t2 - t1, optimizer=time.perf_counter() - t2)
     return StepGraph(step, fwd, trained, tuple(optimizer.slots), aux_tree, guard,
                      tuple(grad_checks), tuple(slot_specs), None if one_lr else lrs,
-                     key_kwarg or fwd.implicit_key)
+                     key_kwarg or fwd.implicit_key, fwd.assigned)
 
 
 def _element(b, vector, j):

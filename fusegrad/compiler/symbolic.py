@@ -74,6 +74,26 @@ class TraceContext:
         self.random_key: "Tracer | None" = None
         self.make_random_key = None
         self._draws = 0
+        self.assignments: dict = {}  # input Var -> the Var fg.assign gave it (in call order)
+
+    def assign(self, target: "Tracer", value) -> None:
+        """Record that input `target` gets `value` when the compiled call ends (fg.assign)."""
+        inputs = self.builder.inputs
+        var = target._var
+        if not any(v is var for v in inputs):
+            raise TraceError(f"fg.assign: the target must be an argument of the compiled function "
+                             f"(a leaf of its params), not a value computed in it"
+                             f"{_at(user_location())}")
+        if var in self.assignments:
+            raise TraceError(f"fg.assign: {self.builder.input_names[inputs.index(var)]} is "
+                             f"assigned twice in one call{_at(user_location())}")
+        new = self.lift(value)
+        if new.shape != var.shape:
+            raise ShapeError(f"fg.assign: {self.builder.input_names[inputs.index(var)]} is "
+                             f"{var.type}, the value {new.type}{_at(user_location())}")
+        if new.dtype != var.dtype:
+            new = self.builder.emit("cast", (new,), Attrs(dtype=var.dtype), loc=user_location())
+        self.assignments[var] = new
 
     def draw_key(self):
         """(key tracer, counter) for one more random op drawing from the trace's key, distinct
@@ -119,6 +139,30 @@ class TraceContext:
         except (ShapeError, TypeError) as exc:
             raise type(exc)(f"{exc}{_at(loc)}") from None
         return Tracer(self, var)
+
+
+def assign(target, value):
+    """Give `target`, a leaf of a compiled function's arguments (a buffer such as batch norm's
+    running mean), the value `value` when the call ends: fg.train_step writes it in place after
+    its update (all or nothing, with the update), fg.jit and fg.grad after the call. Reads of
+    `target` in the same call see its old value. Assigned leaves are never trained and get no
+    gradient (None in fg.grad's result). Outside a compiled function it writes at once.
+    Returns `value`."""
+    if isinstance(target, Tracer):
+        target._ctx.assign(target, value)
+        return value
+    if isinstance(value, Tracer):
+        raise TraceError("fg.assign: the target is a NumPy array, not an argument of the "
+                         "function being compiled; pass it in (as a leaf of params)")
+    if not isinstance(target, np.ndarray) or not target.flags.writeable:
+        raise TypeError(f"fg.assign: the target must be a writable NumPy array, got "
+                        f"{type(target).__name__}")
+    value = np.asarray(value)
+    if value.shape != target.shape:
+        raise ShapeError(f"fg.assign: the target is {target.dtype}{list(target.shape)}, the value "
+                         f"{value.dtype}{list(value.shape)}")
+    np.copyto(target, value, casting="same_kind")
+    return value
 
 
 def current_trace() -> TraceContext | None:

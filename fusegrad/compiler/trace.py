@@ -28,6 +28,9 @@ class Traced:
     array_leaves: tuple  # indices of the leaves that became graph inputs
     # the graph's last input is a random key the trace made for itself (trace's random_key)
     implicit_key: bool = False
+    # (output index, input index): inputs given new values by fg.assign, the values being the
+    # graph's last outputs (after those out_tree describes); graph.aliases lists them too
+    assigned: tuple = ()
 
 
 def is_static_leaf(x) -> bool:
@@ -117,10 +120,15 @@ def trace(fn, args, name=None, roles=None, kwargs=None, random_key=None) -> Trac
                 )
             out_vars.append(ctx.lift(leaf if isinstance(leaf, Tracer) else np.asarray(leaf)))
         out_names = leaf_paths(out_tree, "out")
-    graph = ctx.builder.build(out_vars, out_names)
+    # fg.assign's values come last, each written over its input when the call ends
+    inputs = ctx.builder.inputs
+    assigned = tuple((len(out_vars) + j, inputs.index(v))
+                     for j, v in enumerate(ctx.assignments))
+    out_names = list(out_names) + [f"new {ctx.builder.input_names[k]}" for _, k in assigned]
+    graph = ctx.builder.build(out_vars + list(ctx.assignments.values()), out_names, assigned)
     _, in_tree = flatten(args)
     return Traced(graph, in_tree, out_tree, tuple(static), tuple(array_leaves),
-                  implicit_key=len(graph.inputs) > n_inputs)
+                  implicit_key=len(graph.inputs) > n_inputs, assigned=assigned)
 
 
 def graph_inputs(traced: Traced, args=None, leaves=None) -> list:
