@@ -264,6 +264,16 @@ ROWS = [
         tag="pair"),
     Row("dropout", (X3,), lambda x: x, dict(p=0.5, key=None), tag="no-key"),
     Row("embedding", (INTS, f32(6, 3)), lambda i, t: t[i]),
+    # NumPy's array API (compiler/lax_numpy.py, einsum.py): NumPy itself is the reference
+    Row("split", (X3,), lambda x: np.split(x, 2, axis=2), dict(indices_or_sections=2, axis=2)),
+    Row("array_split", (X3,), lambda x: np.array_split(x, 3, axis=1),
+        dict(indices_or_sections=3, axis=1)),
+    Row("take_along_axis", (A, np.array([[0, 3], [1, -1], [2, 0]])),
+        lambda x, i: np.take_along_axis(x, i, 1), dict(axis=1)),
+    Row("einsum", ("bij,kj->bki", X3, B), lambda s, a, b: np.einsum(
+        s, a.astype(np.float64), b), dtype="float32"),
+    Row("tril", (X3,), lambda x: np.tril(x, -1), dict(k=-1)),
+    Row("triu", (A,), lambda x: np.triu(x, 1), dict(k=1)),
 ]
 
 
@@ -285,7 +295,8 @@ def _check(row, got, want):
 @pytest.mark.parametrize("row", ROWS, ids=lambda r: r.id)
 def test_eager_matches_reference(row):
     got = _call(row, *row.args)
-    assert isinstance(got, (np.ndarray, np.generic)), type(got)
+    for g in got if isinstance(got, list) else [got]:  # split: a list of arrays
+        assert isinstance(g, (np.ndarray, np.generic)), type(g)
     _check(row, got, row.ref(*row.args))
 
 
