@@ -274,6 +274,21 @@ ROWS = [
         s, a.astype(np.float64), b), dtype="float32"),
     Row("tril", (X3,), lambda x: np.tril(x, -1), dict(k=-1)),
     Row("triu", (A,), lambda x: np.triu(x, 1), dict(k=1)),
+    # losses: written out in float64 (tests/test_losses.py checks them against torch)
+    Row("nll_loss", (sp.log_softmax(LOGITS, -1), LABELS),
+        lambda lp, y: -lp.astype(np.float64)[np.arange(5), y].mean(), dtype="float32"),
+    Row("cross_entropy", (LOGITS, np.array([0, -1, 1, -1, 2])),
+        lambda z, y: -sp.log_softmax(z.astype(np.float64), -1)[[0, 2, 4], [0, 1, 2]].sum(),
+        dict(ignore_index=-1, reduction="sum"), dtype="float32", tag="ignore-sum"),
+    Row("cross_entropy", (LOGITS, LABELS), lambda z, y: -(
+        (0.9 * np.eye(4)[y] + 0.1 / 4) * sp.log_softmax(z.astype(np.float64), -1)).sum(-1),
+        dict(label_smoothing=0.1, reduction="none"), dtype="float32", rtol=1e-5,
+        tag="smoothing-none"),
+    Row("binary_cross_entropy_with_logits", (LOGITS, (PROBS > 0.25).astype(np.float32)),
+        lambda z, t: np.mean(np.logaddexp(0, z.astype(np.float64)) - z * t), dtype="float32"),
+    Row("huber_loss", (A, B), lambda a, b: np.mean(np.where(
+        np.abs(a - b.astype(np.float64)) < 0.5, 0.5 * (a - b.astype(np.float64)) ** 2,
+        0.5 * (np.abs(a - b.astype(np.float64)) - 0.25))), dict(delta=0.5), dtype="float32"),
 ]
 
 
