@@ -23,7 +23,7 @@ from .ir.types import ShapeError, normalize_axes
 __all__ = [
     "logaddexp", "gelu", "softmax", "log_softmax", "logsumexp", "one_hot", "cross_entropy", "mse", "layer_norm",
     "conv2d", "max_pool2d", "avg_pool2d", "dropout", "embedding",
-    "nll_loss", "binary_cross_entropy_with_logits", "huber_loss",
+    "nll_loss", "binary_cross_entropy_with_logits", "huber_loss", "conv1d", "adaptive_avg_pool2d",
 ]
 
 _INT = ("int32", "int64")
@@ -345,9 +345,15 @@ def _out_size(op, size, kernel, stride, padding, x):
 
 
 def conv2d(x, w, stride=1, padding=0, bias=None):
-    """PyTorch's conv2d: x (N,C,H,W), w (O,C,kh,kw), bias (O,) -> (N,O,OH,OW), im2col + matmul."""
+    """PyTorch's conv2d: x (N,C,H,W), w (O,C,kh,kw), bias (O,) -> (N,O,OH,OW), im2col + matmul;
+    an unbatched x (C,H,W) gives (O,OH,OW), as torch."""
     x, w = lax.promote(as_array(x), as_array(w), to_float=True)
-    _need_nchw("conv2d", x)
+    if len(shape_of(x)) == 3:  # unbatched, as torch: a batch of one
+        out = conv2d(lax.reshape(x, (1,) + shape_of(x)), w, stride, padding, bias)
+        return lax.reshape(out, shape_of(out)[1:])
+    if len(shape_of(x)) != 4:
+        raise argument_error(ShapeError, f"conv2d: x must be 4-D (N, C, H, W) or 3-D (C, H, W), "
+                                         f"got shape {shape_of(x)}")
     xs, ws = shape_of(x), shape_of(w)
     if len(ws) != 4:
         raise argument_error(ShapeError, f"conv2d: w must be 4-D (out_channels, in_channels, kh, "
@@ -369,6 +375,46 @@ def conv2d(x, w, stride=1, padding=0, bias=None):
                                              f"{ws}), got shape {shape_of(bias)}")
         out = lax.add(out, lax.reshape(bias, (o, 1, 1)))
     return out
+
+
+def _int1(op, name, value, minimum):
+    """An int, or a 1-tuple of one as torch's conv1d takes, that is >= minimum."""
+    if isinstance(value, (tuple, list)) and len(value) == 1:
+        value = value[0]
+    if not _is_int(value):
+        hint = " (pass the bias as bias=...)" if is_array(value) else ""
+        raise argument_error(TypeError, f"{op}: {name} must be an int, got "
+                                        f"{type(value).__name__}{hint}")
+    if value < minimum:
+        raise argument_error(ValueError, f"{op}: {name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def conv1d(x, w, stride=1, padding=0, bias=None):
+    """PyTorch's conv1d: x (N,C,L) or unbatched (C,L), w (O,C,k), bias (O,) -> (N,O,OL) or
+    (O,OL); computed as conv2d over a height of 1 (one unfold, one matmul)."""
+    x, w = lax.promote(as_array(x), as_array(w), to_float=True)
+    xs, ws = shape_of(x), shape_of(w)
+    if len(xs) not in (2, 3):
+        raise argument_error(ShapeError, f"conv1d: x must be 3-D (N, C, L) or 2-D (C, L), got "
+                                         f"shape {xs}")
+    if len(ws) != 3:
+        raise argument_error(ShapeError, f"conv1d: w must be 3-D (out_channels, in_channels, "
+                                         f"k), got shape {ws}")
+    if xs[-2] != ws[1]:
+        raise argument_error(ShapeError, f"conv1d: x has {xs[-2]} channels (x shape {xs}) but w "
+                                         f"expects {ws[1]} (w shape {ws})")
+    s = _int1("conv1d", "stride", stride, 1)
+    p = _int1("conv1d", "padding", padding, 0)
+    o, c, k = ws
+    length = _out_size("conv1d", xs[-1], k, s, p, x)
+    if bias is not None and shape_of(bias) != (o,):
+        raise argument_error(ShapeError, f"conv1d: bias must have shape ({o},) (w shape {ws}), "
+                                         f"got shape {shape_of(bias)}")
+    batch = xs[:-2]
+    x4 = lax.reshape(x, (batch[0] if batch else 1, c, 1, xs[-1]))
+    out = conv2d(x4, lax.reshape(w, (o, c, 1, k)), (1, s), (0, p), bias)
+    return lax.reshape(out, batch + (o, length))
 
 
 def _windows(op, x, kernel_size, stride, padding):
@@ -404,6 +450,38 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0):
     cols = lax.unfold(x, kernel, stride, padding)
     cols = lax.reshape(cols, out[:2] + (kernel[0] * kernel[1], -1))
     return lax.reshape(lax.mean(cols, 2), out)
+
+
+def adaptive_avg_pool2d(x, output_size):
+    """torch's adaptive_avg_pool2d where output_size (an int, a pair; None keeps that axis)
+    divides the input's spatial size: equal windows, an avg_pool2d (1x1: a mean over H and W).
+    x: (N,C,H,W) or unbatched (C,H,W)."""
+    x = as_array(x)
+    shape = shape_of(x)
+    if len(shape) not in (3, 4):
+        raise argument_error(ShapeError, f"adaptive_avg_pool2d: x must be 4-D (N, C, H, W) or "
+                                         f"3-D (C, H, W), got shape {shape}")
+    if dtype_of(x) not in _FLOAT:
+        raise argument_error(TypeError, f"adaptive_avg_pool2d: x must be float32 or float64, "
+                                        f"got {dtype_of(x)}")
+    h, w = shape[-2:]
+    sizes = output_size if isinstance(output_size, (tuple, list)) else (output_size,) * 2
+    if len(sizes) != 2 or not all(v is None or (_is_int(v) and v >= 1) for v in sizes):
+        raise argument_error(TypeError, f"adaptive_avg_pool2d: output_size must be an int >= 1, "
+                                        f"None or a pair of them, got {output_size!r}")
+    oh, ow = (h if sizes[0] is None else int(sizes[0]), w if sizes[1] is None else int(sizes[1]))
+    if h % oh or w % ow:
+        raise argument_error(ValueError, f"adaptive_avg_pool2d: output_size {(oh, ow)} must "
+                                         f"divide the input's spatial size {(h, w)} (x shape "
+                                         f"{shape}); uneven windows are not supported: pick a "
+                                         f"divisor, or use avg_pool2d with an explicit kernel")
+    if (oh, ow) == (1, 1):  # global average pooling: one row reduction
+        return lax.mean(x, (-2, -1), keepdims=True)
+    if (oh, ow) == (h, w):
+        return x
+    x4 = x if len(shape) == 4 else lax.reshape(x, (1,) + shape)
+    out = avg_pool2d(x4, (h // oh, w // ow))
+    return out if len(shape) == 4 else lax.reshape(out, shape_of(out)[1:])
 
 
 # ---- randomness and lookup -------------------------------------------------------------------

@@ -289,6 +289,15 @@ ROWS = [
     Row("huber_loss", (A, B), lambda a, b: np.mean(np.where(
         np.abs(a - b.astype(np.float64)) < 0.5, 0.5 * (a - b.astype(np.float64)) ** 2,
         0.5 * (np.abs(a - b.astype(np.float64)) - 0.25))), dict(delta=0.5), dtype="float32"),
+    Row("conv1d", (IMG[:, :, 0], W33[:, :, 0]), lambda x, w: conv2d_ref(
+        x[:, :, None], w[:, :, None], (1, 2), (0, 1), BIAS)[:, :, 0],
+        dict(stride=2, padding=1, bias=BIAS), dtype="float32", rtol=1e-4, atol=1e-5),
+    Row("conv2d", (IMG[0], W33), lambda x, w: conv2d_ref(x[None], w, 1, 1)[0], dict(padding=1),
+        dtype="float32", rtol=1e-4, atol=1e-5, tag="unbatched"),
+    Row("adaptive_avg_pool2d", (IMG,), lambda x: pool_ref(x, (3, 5), kind="avg"),
+        dict(output_size=(2, 1)), dtype="float32"),
+    Row("adaptive_avg_pool2d", (IMG,), lambda x: x.astype(np.float64).mean((2, 3), keepdims=True),
+        dict(output_size=1), dtype="float32", tag="global"),
 ]
 
 
@@ -422,7 +431,8 @@ ERRORS = [
     (lambda: fg.layer_norm(X3, None, f32(2, 4)), ValueError, r"layer_norm: bias must have shape"),
     (lambda: fg.conv2d(IMG, f32(4, 2, 3, 3)), ValueError,
      r"x has 3 channels \(x shape \(2, 3, 6, 5\)\) but w expects 2 \(w shape \(4, 2, 3, 3\)\)"),
-    (lambda: fg.conv2d(IMG[0], W33), ValueError, r"conv2d: x must be 4-D"),
+    (lambda: fg.conv2d(IMG[0, 0], W33), ValueError, r"conv2d: x must be 4-D \(N, C, H, W\) "
+     r"or 3-D \(C, H, W\)"),
     (lambda: fg.conv2d(IMG, W33, BIAS), TypeError, r"stride must be an int or a pair.*bias="),
     (lambda: fg.conv2d(IMG, W33, stride=0), ValueError, r"conv2d: stride must be >= 1"),
     (lambda: fg.conv2d(IMG, W33, bias=f32(3)), ValueError, r"bias must have shape \(4,\)"),
