@@ -293,6 +293,10 @@ def test_losses_in_a_train_step_update_like_torch_sgd():
     before = {k: v.copy() for k, v in p.items()}
     step = fg.train_step(_model_loss, fg.optim.SGD(lr=0.1))
     first = float(step(p, x, y, y_bin, y_reg))
+    after_first = {k: v.copy() for k, v in p.items()}
+    losses = [float(step(p, x, y, y_bin, y_reg)) for _ in range(20)]
+    assert losses[-1] < first
+
     torch = _torch()
     tp = {k: torch.tensor(v, requires_grad=True) for k, v in before.items()}
     want = _torch_model_loss(torch, tp, torch.tensor(x), torch.tensor(y), torch.tensor(y_bin),
@@ -300,10 +304,8 @@ def test_losses_in_a_train_step_update_like_torch_sgd():
     want.backward()
     np.testing.assert_allclose(first, want.item(), rtol=1e-5)
     for k in p:
-        np.testing.assert_allclose(p[k], before[k] - 0.1 * tp[k].grad.numpy(), rtol=1e-5,
-                                   atol=1e-6, err_msg=k)
-    losses = [float(step(p, x, y, y_bin, y_reg)) for _ in range(20)]
-    assert losses[-1] < first
+        np.testing.assert_allclose(after_first[k], before[k] - 0.1 * tp[k].grad.numpy(),
+                                   rtol=1e-5, atol=1e-6, err_msg=k)
 
 
 # ---- argument errors -------------------------------------------------------------------------
