@@ -12,15 +12,18 @@ from __future__ import annotations
 import numpy as np
 
 from . import nn
-from .compiler import lax
+from .compiler import lax, lax_numpy
 from .compiler.lax import dtype_of, is_array, shape_of
 from .compiler.symbolic import (NUMPY_FUNCTIONS, NUMPY_UFUNCS, TraceError, assign, context_of,
                                 current_trace)
 from .ir.dtypes import as_dtype
 from .ir.types import ShapeError, normalize_axes
 from .nn import *  # noqa: F401,F403
-from .compiler.lax_numpy import (argument_error, as_array, clip, logical_and, logical_not,
-                                 logical_or, logical_xor, squeeze, std, var)
+from .compiler.einsum import einsum
+from .compiler.lax_numpy import (argument_error, array_split, as_array, clip, logical_and,
+                                 logical_not, logical_or, logical_xor, split, squeeze, std,
+                                 swapaxes, take_along_axis, tril, triu, var)
+from .compiler.symbolic import NUMPY_HINTS, PUBLIC_OPS
 
 # ---- elementwise -----------------------------------------------------------------------------
 
@@ -146,14 +149,6 @@ def transpose(x, axes=None):
     return lax.transpose(as_array(x), axes)
 
 
-def swapaxes(x, axis1, axis2):
-    """x with two axes exchanged."""
-    perm = list(range(len(shape_of(x))))
-    a, b = (normalize_axes(v, len(perm), "swapaxes")[0] for v in (axis1, axis2))
-    perm[a], perm[b] = perm[b], perm[a]
-    return lax.transpose(as_array(x), perm)
-
-
 def expand_dims(x, axis):
     """x with new size-1 axes inserted at axis (an int or a tuple, as in NumPy)."""
     x = as_array(x)
@@ -263,8 +258,10 @@ __all__ = [
     "reshape", "transpose", "swapaxes", "expand_dims", "squeeze", "broadcast_to", "concatenate",
     "stack", "pad", "take", "zeros_like", "ones_like", "full_like", "matmul", "dot",
     "logical_and", "logical_or", "logical_xor", "logical_not", "clip", "var", "std",
+    "split", "array_split", "take_along_axis", "einsum", "tril", "triu",
     *nn.__all__,
 ]
+PUBLIC_OPS.update(__all__)
 
 # ---- NumPy's functions on tracers ------------------------------------------------------------
 
@@ -432,3 +429,78 @@ NUMPY_FUNCTIONS.update({
 })
 if hasattr(np, "astype"):  # NumPy >= 2.1
     NUMPY_FUNCTIONS[np.astype] = lambda x, dtype, /, *, copy=True, device=None: astype(x, dtype)
+
+
+# ---- splits, gathers along an axis, einsum, triangles (compiler/lax_numpy.py, einsum.py) ------
+
+
+def _np_einsum(*operands, out=None, optimize=False, dtype=None, order="K", casting="safe"):
+    # optimize= only chooses NumPy's contraction order: the result is the same, ignored here
+    _reject("np.einsum", {"out": out, "order": order,
+                          "casting": "same_kind" if casting == "safe" else casting})
+    return einsum(*operands, dtype=dtype)
+
+
+NUMPY_FUNCTIONS.update({
+    np.split: lambda ary, indices_or_sections, axis=0: split(ary, indices_or_sections, axis),
+    np.array_split: lambda ary, indices_or_sections, axis=0: array_split(
+        ary, indices_or_sections, axis),
+    np.take_along_axis: lambda arr, indices, axis=-1: take_along_axis(arr, indices, axis),
+    np.einsum: _np_einsum,
+    np.tril: lambda m, k=0: tril(m, k),
+    np.triu: lambda m, k=0: triu(m, k),
+})
+if hasattr(np, "matrix_transpose"):  # NumPy >= 2.0
+    NUMPY_FUNCTIONS[np.matrix_transpose] = lambda x, /: lax_numpy.matrix_transpose(x)
+    NUMPY_FUNCTIONS[np.linalg.matrix_transpose] = lambda x, /: lax_numpy.matrix_transpose(x)
+
+# What to use instead of NumPy functions (and ndarray methods, by name) that do not trace; each
+# names real fg.* functions (tests/test_array_api.py resolves them). Others get fg.<name> when
+# fg has that name, else only "compute it outside the compiled function".
+_DATA_DEPENDENT = ("a mask with fg.where(cond, x, y) (its result would have a data-dependent "
+                   "shape)")
+NUMPY_HINTS.update({
+    np.argmin: "fg.argmax(-x)",
+    np.outer: "fg.einsum('i,j->ij', a, b)",
+    np.inner: "fg.einsum('...i,...i->...', a, b) for vectors' products",
+    np.tensordot: "fg.einsum with the contracted labels written out",
+    np.trace: "fg.einsum('ii->', x)",
+    np.diagonal: "fg.einsum('ii->i', x)",
+    np.diag: "fg.einsum('ii->i', x) for a diagonal",
+    np.vstack: "fg.concatenate(xs, axis=0)",
+    np.hstack: "fg.concatenate(xs, axis=-1)",
+    np.column_stack: "fg.stack(xs, axis=1)",
+    np.dstack: "fg.stack(xs, axis=2)",
+    np.moveaxis: "fg.transpose(x, axes)",
+    np.rollaxis: "fg.transpose(x, axes)",
+    np.linalg.norm: "fg.sqrt(fg.sum(x * x, axis))",
+    np.average: "fg.mean(x, axis), or fg.sum(x * w, axis) / fg.sum(w, axis) with weights",
+    np.tile: "fg.broadcast_to and fg.reshape",
+    np.repeat: "fg.broadcast_to and fg.reshape",
+    np.roll: "fg.concatenate of two slices",
+    np.flip: "indexing with a negative step, x[::-1]",
+    np.atleast_2d: "fg.reshape or fg.expand_dims",
+    np.nonzero: _DATA_DEPENDENT,
+    np.argwhere: _DATA_DEPENDENT,
+    np.flatnonzero: _DATA_DEPENDENT,
+    np.unique: _DATA_DEPENDENT,
+    np.compress: _DATA_DEPENDENT,
+    np.extract: _DATA_DEPENDENT,
+    np.isnan: "x != x (true only for NaN)",
+    np.isfinite: "fg.abs(x) < np.inf",
+    np.expm1: "fg.exp(x) - 1",
+    np.log2: "fg.log(x) / np.log(2)",
+    np.log10: "fg.log(x) / np.log(10)",
+    np.exp2: "fg.exp(x * np.log(2))",
+    np.floor_divide: "fg.divide and a cast with fg.astype",
+    np.heaviside: "fg.where(x > 0, 1.0, 0.0)",
+    "nonzero": _DATA_DEPENDENT,
+    "argmin": "fg.argmax(-x)",
+    "dot": "fg.dot(x, y) or x @ y",
+    "take": "fg.take(x, indices, axis)",
+    "repeat": "fg.broadcast_to and fg.reshape",
+    "diagonal": "fg.einsum('ii->i', x)",
+    "trace": "fg.einsum('ii->', x)",
+    "fill": "fg.full_like(x, value)",
+    "copy": "the tracer itself (a traced array is never modified in place)",
+})

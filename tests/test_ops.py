@@ -271,6 +271,40 @@ ROWS = [
         tag="pair"),
     Row("dropout", (X3,), lambda x: x, dict(p=0.5, training=False), tag="evaluation"),
     Row("embedding", (INTS, f32(6, 3)), lambda i, t: t[i]),
+    # NumPy's array API (compiler/lax_numpy.py, einsum.py): NumPy itself is the reference
+    Row("split", (X3,), lambda x: np.split(x, 2, axis=2), dict(indices_or_sections=2, axis=2)),
+    Row("array_split", (X3,), lambda x: np.array_split(x, 3, axis=1),
+        dict(indices_or_sections=3, axis=1)),
+    Row("take_along_axis", (A, np.array([[0, 3], [1, -1], [2, 0]])),
+        lambda x, i: np.take_along_axis(x, i, 1), dict(axis=1)),
+    Row("einsum", ("bij,kj->bki", X3, B), lambda s, a, b: np.einsum(
+        s, a.astype(np.float64), b), dtype="float32"),
+    Row("tril", (X3,), lambda x: np.tril(x, -1), dict(k=-1)),
+    Row("triu", (A,), lambda x: np.triu(x, 1), dict(k=1)),
+    # losses: written out in float64 (tests/test_losses.py checks them against torch)
+    Row("nll_loss", (sp.log_softmax(LOGITS, -1), LABELS),
+        lambda lp, y: -lp.astype(np.float64)[np.arange(5), y].mean(), dtype="float32"),
+    Row("cross_entropy", (LOGITS, np.array([0, -1, 1, -1, 2])),
+        lambda z, y: -sp.log_softmax(z.astype(np.float64), -1)[[0, 2, 4], [0, 1, 2]].sum(),
+        dict(ignore_index=-1, reduction="sum"), dtype="float32", tag="ignore-sum"),
+    Row("cross_entropy", (LOGITS, LABELS), lambda z, y: -(
+        (0.9 * np.eye(4)[y] + 0.1 / 4) * sp.log_softmax(z.astype(np.float64), -1)).sum(-1),
+        dict(label_smoothing=0.1, reduction="none"), dtype="float32", rtol=1e-5,
+        tag="smoothing-none"),
+    Row("binary_cross_entropy_with_logits", (LOGITS, (PROBS > 0.25).astype(np.float32)),
+        lambda z, t: np.mean(np.logaddexp(0, z.astype(np.float64)) - z * t), dtype="float32"),
+    Row("huber_loss", (A, B), lambda a, b: np.mean(np.where(
+        np.abs(a - b.astype(np.float64)) < 0.5, 0.5 * (a - b.astype(np.float64)) ** 2,
+        0.5 * (np.abs(a - b.astype(np.float64)) - 0.25))), dict(delta=0.5), dtype="float32"),
+    Row("conv1d", (IMG[:, :, 0], W33[:, :, 0]), lambda x, w: conv2d_ref(
+        x[:, :, None], w[:, :, None], (1, 2), (0, 1), BIAS)[:, :, 0],
+        dict(stride=2, padding=1, bias=BIAS), dtype="float32", rtol=1e-4, atol=1e-5),
+    Row("conv2d", (IMG[0], W33), lambda x, w: conv2d_ref(x[None], w, 1, 1)[0], dict(padding=1),
+        dtype="float32", rtol=1e-4, atol=1e-5, tag="unbatched"),
+    Row("adaptive_avg_pool2d", (IMG,), lambda x: pool_ref(x, (3, 5), kind="avg"),
+        dict(output_size=(2, 1)), dtype="float32"),
+    Row("adaptive_avg_pool2d", (IMG,), lambda x: x.astype(np.float64).mean((2, 3), keepdims=True),
+        dict(output_size=1), dtype="float32", tag="global"),
 ]
 
 
@@ -292,7 +326,8 @@ def _check(row, got, want):
 @pytest.mark.parametrize("row", ROWS, ids=lambda r: r.id)
 def test_eager_matches_reference(row):
     got = _call(row, *row.args)
-    assert isinstance(got, (np.ndarray, np.generic)), type(got)
+    for g in got if isinstance(got, list) else [got]:  # split: a list of arrays
+        assert isinstance(g, (np.ndarray, np.generic)), type(g)
     _check(row, got, row.ref(*row.args))
 
 
@@ -413,7 +448,8 @@ ERRORS = [
     (lambda: fg.layer_norm(X3, None, f32(2, 4)), ValueError, r"layer_norm: bias must have shape"),
     (lambda: fg.conv2d(IMG, f32(4, 2, 3, 3)), ValueError,
      r"x has 3 channels \(x shape \(2, 3, 6, 5\)\) but w expects 2 \(w shape \(4, 2, 3, 3\)\)"),
-    (lambda: fg.conv2d(IMG[0], W33), ValueError, r"conv2d: x must be 4-D"),
+    (lambda: fg.conv2d(IMG[0, 0], W33), ValueError, r"conv2d: x must be 4-D \(N, C, H, W\) "
+     r"or 3-D \(C, H, W\)"),
     (lambda: fg.conv2d(IMG, W33, BIAS), TypeError, r"stride must be an int or a pair.*bias="),
     (lambda: fg.conv2d(IMG, W33, stride=0), ValueError, r"conv2d: stride must be >= 1"),
     (lambda: fg.conv2d(IMG, W33, bias=f32(3)), ValueError, r"bias must have shape \(4,\)"),

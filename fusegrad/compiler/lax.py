@@ -195,7 +195,11 @@ def reshape(x, shape):
 
 def transpose(x, axes=None):
     nd = len(shape_of(x))
-    perm = tuple(reversed(range(nd))) if axes is None else tuple(int(a) % nd for a in axes)
+    perm = tuple(reversed(range(nd))) if axes is None else tuple(int(a) for a in axes)
+    if len(perm) != nd or any(not -nd <= a < nd for a in perm) or len({a % nd for a in perm}) != nd:
+        raise ShapeError(f"transpose: axes {perm} are not a permutation of the axes of an array "
+                         f"of shape {shape_of(x)} (at {user_location()})")
+    perm = tuple(a % nd for a in perm)  # negative axes count from the end
     if perm == tuple(range(nd)):
         return x
     return bind("transpose", x, perm=perm)

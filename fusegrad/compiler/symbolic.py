@@ -14,6 +14,7 @@ import threading
 import numpy as np
 
 from ..ir import Attrs, ConstArray, GraphBuilder, ShapeError, TensorType
+from ..ir.types import normalize_axes
 from ..ir.dtypes import to_numpy
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -22,6 +23,12 @@ _NUMPY_DIR = os.path.dirname(os.path.abspath(np.__file__))
 # Filled by fusegrad.ops (the front layer): NumPy callable -> fusegrad implementation.
 NUMPY_FUNCTIONS: dict = {}
 NUMPY_UFUNCS: dict = {}
+# Also filled by fusegrad.ops, for the errors about what is not supported: the fg.* op names
+# (the only fg names an error may suggest by NumPy's name) and, per NumPy callable or ndarray
+# method name, what to use instead (naming real fg.* functions: tests/test_array_api.py
+# resolves every name an error suggests).
+PUBLIC_OPS: set = set()
+NUMPY_HINTS: dict = {}
 
 # counters of the draws from a trace's own key start here, far from the small counters users
 # pass with an explicit key=(seed, counter)
@@ -59,6 +66,16 @@ def _at(loc):
 
 class TraceError(TypeError):
     """Something a traced function did that cannot be compiled; says what to do instead."""
+
+
+def _instead(key, name) -> str:
+    """What to do instead of NumPy's `name` (`key`: the callable): a hint naming real fg.*
+    functions, fg.<name> where that exists, else computing it outside."""
+    hint = NUMPY_HINTS.get(key) or NUMPY_HINTS.get(name)
+    if hint is None and name in PUBLIC_OPS:
+        hint = f"fg.{name}"
+    outside = "compute it outside the compiled function"
+    return f"use {hint}, or {outside}" if hint else outside
 
 
 class TraceContext:
@@ -255,8 +272,11 @@ class Tracer:
         impl = NUMPY_UFUNCS.get(ufunc) if method == "__call__" else None
         if impl is None:
             what = f"np.{ufunc.__name__}" + ("" if method == "__call__" else f".{method}")
+            hint = NUMPY_HINTS.get(ufunc) if method == "__call__" else None
             raise TraceError(f"{what} is not supported on traced arrays{_at(user_location())}; "
-                             f"supported ufuncs: {', '.join(sorted(u.__name__ for u in NUMPY_UFUNCS))}")
+                             + (f"use {hint}; " if hint else "")
+                             + f"supported ufuncs: "
+                             f"{', '.join(sorted(u.__name__ for u in NUMPY_UFUNCS))}")
         kwargs.pop("out", None)
         return impl(*inputs, **kwargs)
 
@@ -265,12 +285,8 @@ class Tracer:
         if impl is None:
             module = (getattr(func, "__module__", None) or "numpy").replace("numpy", "np", 1)
             module = "np" if module.startswith("np._core") or module == "np" else module
-            raise TraceError(
-                f"{module}.{func.__name__} is not supported on traced arrays"
-                f"{_at(user_location())}; "
-                f"use a fusegrad op (fg.{func.__name__} if it exists) or compute it outside the "
-                f"compiled function"
-            )
+            raise TraceError(f"{module}.{func.__name__} is not supported on traced arrays"
+                             f"{_at(user_location())}; {_instead(func, func.__name__)}")
         return impl(*args, **kwargs)
 
     # ---- operators (lax is imported at the bottom: it imports this module) ----
@@ -311,51 +327,96 @@ class Tracer:
                              f"{_at(user_location())}; they work on bool arrays (masks)")
         return getattr(lax_numpy, name)(*operands)
 
-    # ---- ndarray methods ----
+    # ---- ndarray methods (NumPy's signatures; out= and order= only at their defaults) ----
     @property
     def T(self):
         return lax.transpose(self, None)
 
+    @property
+    def mT(self):
+        return lax_numpy.matrix_transpose(self)
+
     def transpose(self, *axes):
         return lax.transpose(self, axes[0] if len(axes) == 1 else (axes or None))
 
-    def reshape(self, *shape):
+    def swapaxes(self, axis1, axis2):
+        return lax_numpy.swapaxes(self, axis1, axis2)
+
+    def reshape(self, *shape, order="C", copy=None):
+        _defaults("reshape", order=(order, "C"))
         return lax.reshape(self, shape[0] if len(shape) == 1 else shape)
 
-    def ravel(self):
+    def ravel(self, order="C"):
+        _defaults("ravel", order=(order, "C"))
         return lax.reshape(self, (-1,))
 
     flatten = ravel
 
-    def astype(self, dtype):
+    def astype(self, dtype, order="K", casting="unsafe", subok=True, copy=True):
+        _defaults("astype", order=(order, "K"), casting=(casting, "unsafe"))
         return lax.cast(self, dtype)
 
-    def sum(self, axis=None, keepdims=False):
-        return lax.reduce_sum(self, axis, keepdims)
+    def sum(self, axis=None, dtype=None, out=None, keepdims=False):
+        _defaults("sum", out=(out, None))
+        return lax.reduce_sum(self._as(dtype), axis, keepdims)
 
-    def mean(self, axis=None, keepdims=False):
-        return lax.mean(self, axis, keepdims)
+    def mean(self, axis=None, dtype=None, out=None, keepdims=False):
+        _defaults("mean", out=(out, None))
+        return lax.mean(self._as(dtype), axis, keepdims)
 
-    def max(self, axis=None, keepdims=False):
+    def max(self, axis=None, out=None, keepdims=False):
+        _defaults("max", out=(out, None))
         return lax.reduce_max(self, axis, keepdims)
 
-    def min(self, axis=None, keepdims=False):
+    def min(self, axis=None, out=None, keepdims=False):
+        _defaults("min", out=(out, None))
         return lax.reduce_min(self, axis, keepdims)
 
-    def argmax(self, axis=None):
-        return lax.argmax(self, axis)
+    def argmax(self, axis=None, out=None, keepdims=False):
+        _defaults("argmax", out=(out, None))
+        out = lax.argmax(self, axis)
+        if not keepdims:
+            return out
+        shape = [1] * self.ndim if axis is None else list(self.shape)
+        if axis is not None:
+            shape[normalize_axes(axis, self.ndim, "argmax")[0]] = 1
+        return lax.reshape(out, tuple(shape))
 
-    def var(self, axis=None, keepdims=False, ddof=0):
-        return lax_numpy.var(self, axis, keepdims, ddof)
+    def var(self, axis=None, dtype=None, out=None, ddof=0, keepdims=False):
+        _defaults("var", out=(out, None))
+        return lax_numpy.var(self._as(dtype), axis, keepdims, ddof)
 
-    def std(self, axis=None, keepdims=False, ddof=0):
-        return lax_numpy.std(self, axis, keepdims, ddof)
+    def std(self, axis=None, dtype=None, out=None, ddof=0, keepdims=False):
+        _defaults("std", out=(out, None))
+        return lax_numpy.std(self._as(dtype), axis, keepdims, ddof)
 
-    def clip(self, a_min=None, a_max=None):
-        return lax_numpy.clip(self, a_min, a_max)
+    def clip(self, min=None, max=None, out=None, **kwargs):  # noqa: A002  (NumPy's names)
+        _defaults("clip", out=(out, None))
+        return lax_numpy.clip(self, kwargs.pop("a_min", min), kwargs.pop("a_max", max),
+                              **kwargs)
 
     def squeeze(self, axis=None):
         return lax_numpy.squeeze(self, axis)
+
+    def _as(self, dtype):
+        return self if dtype is None else lax.cast(self, dtype)
+
+    def __getattr__(self, name):
+        # only reached for names the class lacks: an ndarray method or attribute the tracer
+        # does not have gets an error that says so, and what to use if anything
+        if not name.startswith("_") and hasattr(np.ndarray, name):
+            raise AttributeError(f"ndarray.{name} is not supported on traced arrays"
+                                 f"{_at(user_location())}; {_instead(name, name)}")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+
+def _defaults(method, **given):
+    """Raise for an argument of an ndarray method given other than its default (out=, order=)."""
+    for name, (value, default) in given.items():
+        if not (value is default or (isinstance(value, str) and value == default)):
+            raise TraceError(f".{method}({name}={value!r}) is not supported on traced arrays"
+                             f"{_at(user_location())}; leave {name} at its default "
+                             f"({default!r}) and use the return value")
 
 
 # circular by design: lax and lax_numpy build on Tracer
