@@ -13,6 +13,7 @@ import numpy as np
 
 from . import nn
 from .compiler import lax, lax_numpy
+from .compiler.control import scan
 from .compiler.lax import dtype_of, is_array, shape_of
 from .compiler.symbolic import (NUMPY_FUNCTIONS, NUMPY_UFUNCS, TraceError, assign, context_of,
                                 current_trace)
@@ -253,7 +254,7 @@ __all__ = [
     "exp", "log", "log1p", "sqrt", "rsqrt", "tanh", "sigmoid", "sin", "cos", "erf", "reciprocal",
     "abs", "sign", "negative", "square", "relu", "add", "subtract", "multiply", "divide",
     "power", "maximum", "minimum", "equal", "not_equal", "less", "less_equal",
-    "greater", "greater_equal", "where", "astype", "stop_gradient", "assign",
+    "greater", "greater_equal", "where", "astype", "stop_gradient", "assign", "scan",
     "sum", "mean", "max", "min", "argmax",
     "reshape", "transpose", "swapaxes", "expand_dims", "squeeze", "broadcast_to", "concatenate",
     "stack", "pad", "take", "zeros_like", "ones_like", "full_like", "matmul", "dot",

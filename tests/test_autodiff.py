@@ -15,6 +15,7 @@ import pytest
 from scipy.special import expit
 
 import fusegrad as fg
+from fusegrad.compiler.control import scan
 from fusegrad.compiler import lax
 from fusegrad.compiler import vjp_rules
 from fusegrad.compiler.autodiff import GradientError
@@ -120,6 +121,20 @@ case("select", lambda a, b: lax.bind("select", _COND[:, :1], a, b), u((1, 4)), u
      name="bcast-cond")
 case("select", lambda a, b: lax.where(lax.compare("gt", a, b), a, lax.mul(b, b)), u((3, 4)),
      u((3, 4)), name="traced-cond")
+
+# ---- scan: a loop with consts, a carry and xs all differentiated ----
+def _scan_rnn(reverse):
+    def make(w, h0, xs):
+        def cell(h, x):
+            h = lax.unary("tanh", lax.add(lax.mul(h, w), x))
+            return h, lax.mul(h, h)
+        h, ys = scan(cell, h0, xs, reverse=reverse)
+        return lax.add(lax.reduce_sum(ys, 0), h)
+    return make
+
+
+for _reverse in (False, True):
+    case("scan", _scan_rnn(_reverse), u((3,)), u((3,)), u((4, 3)), name=f"reverse{_reverse}")
 
 # ---- cast ----
 case("cast", lambda x: lax.bind("cast", x, dtype="float32"), u((3, 4)), name="to-f32")

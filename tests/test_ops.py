@@ -172,6 +172,10 @@ ROWS = [
     Row("stop_gradient", (A,), lambda x: x),
     # returns the value; writes it into its own target array (eagerly, or after the jit call)
     Row("assign", (np.zeros((2, 3, 4), np.float32), X3), lambda t, v: v),
+    # a running sum over axis 0 (tests/test_scan.py has the rest): (the last carry, each step's)
+    Row("scan", (np.zeros((3, 4), np.float32), X3),
+        lambda h, x: (h + x.sum(0), h + np.cumsum(x, axis=0)), dict(f=lambda c, x: (c + x, c + x)),
+        rtol=1e-5),
     Row("sum", (X3,), lambda x: x.astype(np.float64).sum(1), dict(axis=1), dtype="float32"),
     Row("sum", (X3,), lambda x: x.astype(np.float64).sum(), dtype="float32", tag="all"),
     Row("sum", (X3,), lambda x: x.astype(np.float64).sum((0, 2), keepdims=True),
@@ -309,10 +313,18 @@ ROWS = [
 
 
 def _call(row, *args):
-    return getattr(fg, row.op)(*args, **row.kwargs)
+    kwargs = dict(row.kwargs)
+    if "f" in kwargs:  # a function argument (scan's body) comes first, and is not traced
+        args = (kwargs.pop("f"), *args)
+    return getattr(fg, row.op)(*args, **kwargs)
 
 
 def _check(row, got, want):
+    if isinstance(want, tuple):  # several results (scan)
+        assert isinstance(got, tuple) and len(got) == len(want), f"{row.id}: {type(got)}"
+        for g, w in zip(got, want):
+            _check(row, g, w)
+        return
     want = np.asarray(want)
     got = np.asarray(got)
     assert got.shape == want.shape, f"{row.id}: shape {got.shape} != {want.shape}"
@@ -326,7 +338,7 @@ def _check(row, got, want):
 @pytest.mark.parametrize("row", ROWS, ids=lambda r: r.id)
 def test_eager_matches_reference(row):
     got = _call(row, *row.args)
-    for g in got if isinstance(got, list) else [got]:  # split: a list of arrays
+    for g in got if isinstance(got, (list, tuple)) else [got]:  # split, scan: several arrays
         assert isinstance(g, (np.ndarray, np.generic)), type(g)
     _check(row, got, row.ref(*row.args))
 

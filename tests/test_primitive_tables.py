@@ -4,7 +4,8 @@ rows that are missing.
 Which primitives need a row in which table follows from their registry rows (ir/ops.py), never
 from a list kept here:
     shape rule           every primitive (the registry row itself)
-    interpreter          every primitive (ir/interpret.py IMPLS)
+    interpreter          every primitive (ir/interpret.py IMPLS; control flow, whose
+                         implementation needs its region, CONTROL)
     VJP rules            every primitive; a rule of its own for each differentiable one, the
                          shared no-gradient rule for the others (compiler/vjp_rules.py)
     per-element emitters every primitive with loop role "map" or "view", one scalar expression
@@ -15,6 +16,7 @@ from a list kept here:
                          shared by both backends, and the library functions its calls name, in
                          cpu_library (SIGNATURES) and cuda_library
     GEMM                 lone_kernel "gemm": the backends' emit_gemm, written for matmul
+    control flow         lone_kernel "scan": the backends' scan hook (codegen/schedule.py)
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ from fusegrad.compiler.codegen.cpu_expr import CPU_EXPR
 from fusegrad.compiler.codegen.cpu_movement import MOVEMENT
 from fusegrad.compiler.codegen.cuda_expr import CUDA_EXPR
 from fusegrad.ir import GraphBuilder, TensorType
-from fusegrad.ir.interpret import IMPLS
+from fusegrad.ir.interpret import CONTROL, IMPLS
 from fusegrad.ir.ops import LONE_KERNELS, LOOP_ROLES, PRIMITIVES, PROPERTIES, prims_where
 
 from test_ir_primitives import CASES
@@ -45,7 +47,9 @@ def _per_element(p) -> bool:
 
 # (what the table is, the table, which primitives need a row in it)
 TABLES = [
-    ("interpreter (ir/interpret.py IMPLS)", IMPLS, lambda p: True),
+    ("interpreter (ir/interpret.py IMPLS)", IMPLS, lambda p: p.kind != "control"),
+    ("interpreter of control flow (ir/interpret.py CONTROL)", CONTROL,
+     lambda p: p.kind == "control"),
     ("VJP rules (compiler/vjp_rules.py VJP_RULES)", vjp_rules.VJP_RULES, lambda p: True),
     ("CPU per-element emitters (codegen/cpu_expr.py CPU_EXPR)", CPU_EXPR, _per_element),
     ("CUDA per-element emitters (codegen/cuda_expr.py CUDA_EXPR)", CUDA_EXPR, _per_element),

@@ -8,10 +8,11 @@ skips passes, fusion and code generation.
                machine, shared by every program that uses it: runtime/kernel_cache.py)
     entries    the schedule: which kernel, where its arguments start in the argument table,
                and what it computes (for profiles and error messages)
-    arg_base, arg_offset
+    arg_base, arg_offset, arg_stride
                argument k of the schedule is bases[arg_base[k]] + arg_offset[k], where bases are
                BASES below then one per input: a size is (ZERO, n), a value in the arena is
-               (ARENA, byte offset), a parameter is (its input, 0) ...
+               (ARENA, byte offset), a parameter is (its input, 0) ...; inside a loop (an entry
+               whose kernel is LOOP: fg.scan) it advances by arg_stride[k] after every pass
     ints, floats   the sizes / float constants tables kernels read through pointers
     arena_bytes, scratch_bytes, constants   the program's own memory
     inputs, outputs   where each input and output is, which inputs the step writes
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-FORMAT = 1
+FORMAT = 2
 BASES = ("zero", "arena", "scratch", "ints", "floats", "constants")  # then the inputs
 ZERO, ARENA, SCRATCH, INTS, FLOATS, CONSTANTS = range(len(BASES))
 
@@ -42,9 +43,12 @@ class Kernel:
     text: str  # kernel-language module source: what is compiled
 
 
+LOOP = -1  # Entry.kernel of a loop entry: (count, body entries, argument slots) as its arguments
+
+
 @dataclass
 class Entry:
-    kernel: int  # index into CompiledProgram.kernels
+    kernel: int  # index into CompiledProgram.kernels, or LOOP
     args: int  # first argument in the argument table
     nargs: int
     what: str  # "%22 = gemm": the IR values it computes (no source lines: see module doc)
@@ -74,6 +78,7 @@ class CompiledProgram:
     entries: list
     arg_base: list
     arg_offset: list
+    arg_stride: list  # bytes an argument advances by after each pass of its loop (0 outside)
     ints: list
     floats: list
     arena_bytes: int

@@ -11,6 +11,7 @@ from __future__ import annotations
 from ..ir import Graph, GraphBuilder, Var
 from ..ir.dtypes import is_float
 from .emit import Emitter
+from .scan_vjp import saving
 from .vjp_rules import VJP_RULES
 
 
@@ -51,25 +52,29 @@ def differentiate(graph: Graph, wrt, of: int = 0, name: str | None = None) -> Gr
     b = GraphBuilder(name or graph.name)
     b.inputs, b.input_names, b.input_roles = (list(graph.inputs), list(graph.input_names),
                                               list(graph.input_roles))
-    b.nodes = list(graph.nodes)
+    active = active_vars(graph, [graph.inputs[i] for i in wrt])
+    # a scan's gradient reads the carries each step started from: the forward saves them
+    nodes = [saving(n) if n.op == "scan" and any(v in active for v in n.inputs) else n
+             for n in graph.nodes]
+    b.nodes = list(nodes)
     e = Emitter(b, part="backward")
 
-    active = active_vars(graph, [graph.inputs[i] for i in wrt])
     cotangent: dict[Var, Var] = {}
     if loss in active:
         e.loc = None
         cotangent[loss] = e.const(1, loss.dtype)
 
-    for node in reversed(graph.nodes):
-        if node.region is not None:
+    for node in reversed(nodes):
+        if node.op == "kernel":
             raise GradientError("autodiff runs before fusion: the graph has kernel nodes")
-        g = cotangent.pop(node.out, None)
-        if g is None:
+        gs = [cotangent.pop(v, None) for v in node.outputs]
+        if all(g is None for g in gs):
             continue
         need = tuple(v in active for v in node.inputs)
         if not any(need):
             continue
         e.loc = node.loc
+        g = gs[0] if len(gs) == 1 else gs  # several outputs (scan): one cotangent each
         for v, ct in zip(node.inputs, VJP_RULES[node.op](e, node, g, need)):
             if ct is None or v not in active:
                 continue

@@ -27,6 +27,16 @@ class Emitter:
         finally:
             self.builder.part = saved
 
+    def node(self, op, inputs, attrs, region=None) -> tuple:
+        """A primitive with several outputs or a region (scan): its output Vars."""
+        saved = self.builder.part
+        if self.part is not None:
+            self.builder.part = self.part
+        try:
+            return self.builder.emit_node(op, inputs, attrs, loc=self.loc, region=region)
+        finally:
+            self.builder.part = saved
+
     # ---- constants ----
     def const(self, value, dtype) -> Var:
         """A scalar (or small array) constant; identical constants are emitted once per loc."""

@@ -81,11 +81,17 @@ def _instead(key, name) -> str:
 class TraceContext:
     """One tracing session: a GraphBuilder plus constant de-duplication."""
 
-    def __init__(self, name: str, builder: GraphBuilder | None = None):
+    def __init__(self, name: str, builder: GraphBuilder | None = None,
+                 parent: "TraceContext | None" = None):
         # `builder`: record into a graph being built elsewhere (an optimizer's traced update
         # appends to the step graph)
         self.builder = builder if builder is not None else GraphBuilder(name)
         self._constants: dict = {}
+        # a nested trace (fg.scan's body): values of the enclosing traces it uses become inputs
+        # of its own (`captured`: outer Var -> this trace's input Var, in first-use order)
+        self.parent = parent
+        self.depth = parent.depth + 1 if parent is not None else 0
+        self.captured: dict = {}
         # the random key of this trace (fg.train_step's, new every step) for random ops called
         # without one (fg.dropout); `make_random_key` creates it on first use
         self.random_key: "Tracer | None" = None
@@ -135,6 +141,8 @@ class TraceContext:
     def lift(self, x):
         """A Var for `x`: a tracer of this trace, or a NumPy value recorded as a constant."""
         if isinstance(x, Tracer):
+            if x._ctx is not self and self._encloses(x._ctx):
+                return self._capture(x)
             if x._ctx is not self:
                 raise TraceError(
                     "a traced value from another trace was used here (a 'leaked' tracer, e.g. "
@@ -147,6 +155,20 @@ class TraceContext:
             var = self.builder.emit("constant", (), Attrs(value=value), loc=user_location())
             self._constants[value] = var
         return var
+
+    def _encloses(self, ctx) -> bool:
+        p = self.parent
+        while p is not None and p is not ctx:
+            p = p.parent
+        return p is not None
+
+    def _capture(self, x: "Tracer"):
+        """The input of this (nested) trace standing for enclosing-trace value `x`."""
+        outer = self.parent.lift(x)  # through every trace in between
+        inner = self.captured.get(outer)
+        if inner is None:
+            inner = self.captured[outer] = self.builder.add_input(outer.type, "captured")
+        return inner
 
     def emit(self, op, args, attrs) -> "Tracer":
         loc = user_location()
@@ -188,10 +210,13 @@ def current_trace() -> TraceContext | None:
 
 
 def context_of(args) -> TraceContext | None:
+    """The trace an operation on `args` records into: the innermost of their traces (values of
+    enclosing traces are captured by the nested one: a scan body using outer weights)."""
+    found = None
     for a in args:
-        if isinstance(a, Tracer):
-            return a._ctx
-    return None
+        if isinstance(a, Tracer) and (found is None or a._ctx.depth > found.depth):
+            found = a._ctx
+    return found
 
 
 def _value_needed(what: str, fix: str):

@@ -153,7 +153,7 @@ def inline(graph: Graph, args) -> list:
         raise TraceError("inline needs at least one traced argument")
     env = {v: ctx.lift(a) for v, a in zip(graph.inputs, args)}
     for node in graph.nodes:
-        (out,) = node.outputs
-        env[out] = ctx.builder.emit(node.op, [env[v] for v in node.inputs], node.attrs,
-                                    loc=node.loc)
+        outs = ctx.builder.emit_node(node.op, [env[v] for v in node.inputs], node.attrs,
+                                     loc=node.loc, region=node.region)
+        env.update(zip(node.outputs, outs))
     return [Tracer(ctx, env[v]) for v in graph.outputs]

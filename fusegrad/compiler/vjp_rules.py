@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 
 from ..ir.ops import prims_where
+from .scan_vjp import scan_vjp
 
 
 def _unary(fn):
@@ -226,6 +227,7 @@ _GRADIENTS = {
     "matmul": _matmul,
     "unfold": _window("fold"),
     "fold": _window("unfold"),
+    "scan": scan_vjp,  # a reverse scan (scan_vjp.py); its `g` is one cotangent per output
 }
 
 VJP_RULES = {op: _no_gradient for op in prims_where(differentiable=False)} | _GRADIENTS

@@ -53,7 +53,7 @@ class Node:
     attrs: Attrs = field(default_factory=Attrs)
     loc: str | None = None  # the user's file:line
     part: str = "forward"
-    region: "Graph | None" = None  # body of a fused kernel node
+    region: "Graph | None" = None  # body of a fused kernel node, or of a scan (its loop)
 
     @property
     def out(self) -> Var:
@@ -149,6 +149,15 @@ class GraphBuilder:
         out = Var(out_type)
         self.nodes.append(Node(op, inputs, (out,), attrs, loc, self.part))
         return out
+
+    def emit_node(self, op: str, inputs=(), attrs=None, loc=None, region=None) -> tuple:
+        """A primitive with several outputs, or a region (scan); returns its output Vars."""
+        attrs = attrs if isinstance(attrs, Attrs) else Attrs(attrs or {})
+        inputs = tuple(inputs)
+        types = infer_type(op, [v.type for v in inputs], attrs)
+        outs = tuple(Var(t) for t in (types if isinstance(types, tuple) else (types,)))
+        self.nodes.append(Node(op, inputs, outs, attrs, loc, self.part, region))
+        return outs
 
     def append(self, node: Node) -> None:
         self.nodes.append(node)

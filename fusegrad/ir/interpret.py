@@ -195,6 +195,31 @@ IMPLS = {
 }
 
 
+def _run_scan(node, args, float64):
+    """A scan node: its body interpreted once per step. Step t reads x[t] and writes y[t]
+    (also when running in reverse, as JAX's scan); with `save`, saved[t] is the carry step t
+    started from."""
+    a = node.attrs
+    length, n_consts, n_carry = a["length"], a["n_consts"], a["n_carry"]
+    consts, carry = list(args[:n_consts]), list(args[n_consts:n_consts + n_carry])
+    seqs = args[n_consts + n_carry:]
+    ys = [np.empty((length, *shape), _widen(np.empty(0, to_numpy(d)), float64).dtype)
+          for d, shape in a["ys"]]
+    saved = [np.empty((length, *c.shape), c.dtype) for c in carry]
+    for t in (range(length - 1, -1, -1) if a["reverse"] else range(length)):
+        for k, c in enumerate(carry):
+            saved[k][t] = c
+        outs = interpret(node.region, consts + carry + [x[t] for x in seqs], float64)
+        carry = [np.asarray(c) for c in outs[:n_carry]]
+        for k, y in enumerate(outs[n_carry:]):
+            ys[k][t] = y
+    return carry + ys + (saved if a["save"] else [])
+
+
+# primitives whose implementation needs the node itself (its region)
+CONTROL = {"scan": _run_scan}
+
+
 def eval_primitive(op, args, attrs, out_type=None):
     """Apply one primitive to NumPy arrays (used by the interpreter and by eager ops)."""
     with np.errstate(all="ignore"):
@@ -244,8 +269,10 @@ def interpret(graph, args, float64: bool = False) -> list:
         env[v] = _widen(x, float64)
     for node in graph.nodes:
         xs = [env[v] for v in node.inputs]
-        if node.region is not None:
+        if node.op == "kernel":
             results = interpret(node.region, xs, float64)
+        elif node.op in CONTROL:
+            results = CONTROL[node.op](node, xs, float64)
         else:
             t, attrs = node.out.type, node.attrs
             if float64 and t.dtype == "float32":

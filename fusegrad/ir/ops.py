@@ -47,7 +47,8 @@ LOOP_ROLES = ("map", "view", "reduce", "source", None)
 #   gemm     a GEMM call (the backends' emit_gemm)
 #   None     always in a loop kernel (elementwise: prepare_for_fusion makes every one
 #            loopable), or no kernel at all (a constant is data, passed to the program)
-LONE_KERNELS = ("opaque", "gemm", None)
+#   scan     a loop over a region (control flow): the backends run the region's own program
+LONE_KERNELS = ("opaque", "gemm", "scan", None)
 
 TRANSCENDENTAL = 10  # the cost model's price of a libm call, in flops per element
 
@@ -98,6 +99,8 @@ _KIND_DEFAULTS = {
     # folding reads constants and iotas, it has nothing to fold them into; random_uniform's
     # bits are the backend's (the interpreter's float64 mode draws wider numbers)
     "source": dict(lone_kernel="opaque", foldable=False, differentiable=False),
+    # control flow: a node with a region (its body) that a backend runs as a loop
+    "control": dict(lone_kernel="scan", foldable=False),
 }
 
 PRIMITIVES: dict[str, Primitive] = {}
@@ -484,3 +487,21 @@ def _random_uniform(ts, attrs):
     return TensorType(attrs["dtype"], tuple(attrs["shape"]))
 
 
+@register("scan", "control", None, attrs=("length", "reverse", "n_consts", "n_carry", "ys", "save"),
+          doc="a loop (fg.scan): the node's region (consts, carry, x[t]) -> (carry, y[t]) run "
+              "`length` times; outputs: the last carry, the stacked ys, and with `save` the "
+              "stacked carries each step started from (what its gradient reads)")
+def _scan(ts, attrs):
+    """Multi-output: (carry..., ys stacked..., [carries stacked...]). `ys` holds the body's y
+    types as (dtype, shape) pairs: the rule cannot see the region."""
+    length, n_consts, n_carry = attrs["length"], attrs["n_consts"], attrs["n_carry"]
+    _need(length >= 0 and n_consts + n_carry <= len(ts), "scan", "bad input counts")
+    carry, xs = ts[n_consts:n_consts + n_carry], ts[n_consts + n_carry:]
+    for x in xs:
+        if not x.shape or x.shape[0] != length:
+            raise ShapeError(f"scan: every xs leaf must have the length {length} as its first "
+                             f"axis, got {x}")
+    outs = list(carry) + [TensorType(d, (length, *shape)) for d, shape in attrs["ys"]]
+    if attrs["save"]:
+        outs += [TensorType(c.dtype, (length, *c.shape)) for c in carry]
+    return tuple(outs)

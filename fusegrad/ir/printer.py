@@ -51,7 +51,11 @@ def _format_node(node, names, indent, lines, annotate):
     comment = "  ".join(c for c in (short_loc(node.loc), extra) if c)
     if node.region is not None:
         lines.append(text + " {" + (f"   # {comment}" if comment else ""))
-        _format_body(node.region, names, indent + "  ", lines, annotate, bind=node.inputs)
+        bind = [names[v] for v in node.inputs]
+        if node.op == "scan":  # the body reads one slice of each xs per step
+            first_x = node.attrs["n_consts"] + node.attrs["n_carry"]
+            bind = bind[:first_x] + [f"{x}[t]" for x in bind[first_x:]]
+        _format_body(node.region, names, indent + "  ", lines, annotate, bind=bind)
         lines.append(indent + "}")
     else:
         lines.append(text + (f"   # {comment}" if comment else ""))
@@ -60,7 +64,7 @@ def _format_node(node, names, indent, lines, annotate):
 def _format_body(graph, names, indent, lines, annotate, bind=None, parts=None):
     if bind is not None:
         # a region: its inputs are the outer operands, renamed
-        params = ", ".join(f"{_typed(names, v)} <- {names[o]}" for v, o in zip(graph.inputs, bind))
+        params = ", ".join(f"{_typed(names, v)} <- {o}" for v, o in zip(graph.inputs, bind))
         lines.append(f"{indent}({params})")
     part = "forward"
     shown = set(graph.inputs)

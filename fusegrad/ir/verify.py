@@ -30,16 +30,20 @@ def verify(graph) -> None:
         for v in node.inputs:
             if v not in defined:
                 raise VerifyError(f"{_where(i, node)}: uses {v} before it is defined")
-        if node.region is not None:
+        if node.op == "kernel":
             _verify_region(i, node)
         else:
             try:
                 expected = infer_type(node.op, [v.type for v in node.inputs], node.attrs)
             except (TypeError, ValueError) as exc:
                 raise VerifyError(f"{_where(i, node)}: {exc}") from exc
-            if len(node.outputs) != 1 or node.outputs[0].type != expected:
+            expected = expected if isinstance(expected, tuple) else (expected,)
+            if tuple(v.type for v in node.outputs) != expected:
                 got = ", ".join(str(v.type) for v in node.outputs)
-                raise VerifyError(f"{_where(i, node)}: output type {got}, rule says {expected}")
+                want = ", ".join(str(t) for t in expected)
+                raise VerifyError(f"{_where(i, node)}: output type {got}, rule says {want}")
+            if node.op == "scan":
+                _verify_scan_body(i, node)
         for v in node.outputs:
             if v in defined:
                 raise VerifyError(f"{_where(i, node)}: redefines {v} (not SSA)")
@@ -55,6 +59,24 @@ def verify(graph) -> None:
                 f"graph {graph.name}: output {graph.output_names[o]} ({graph.outputs[o].type}) "
                 f"cannot replace input {graph.input_names[i]} ({graph.inputs[i].type})"
             )
+
+
+def _verify_scan_body(i, node):
+    """The body takes (consts, carry, x[t]) and gives (carry, y[t]) of the node's types."""
+    body, a = node.region, node.attrs
+    n_consts, n_carry = a["n_consts"], a["n_carry"]
+    if body is None:
+        raise VerifyError(f"{_where(i, node)}: a scan without a body")
+    want_in = [v.type for v in node.inputs[:n_consts + n_carry]] + \
+        [v.type.with_shape(v.shape[1:]) for v in node.inputs[n_consts + n_carry:]]
+    want_out = [v.type for v in node.inputs[n_consts:n_consts + n_carry]] + \
+        [type(v.type)(d, shape) for v, (d, shape) in zip(body.outputs[n_carry:], a["ys"])]
+    if [v.type for v in body.inputs] != want_in or [v.type for v in body.outputs] != want_out:
+        raise VerifyError(f"{_where(i, node)}: the body's types do not match the scan's")
+    try:
+        verify(body)
+    except VerifyError as exc:
+        raise VerifyError(f"{_where(i, node)} body: {exc}") from exc
 
 
 def _verify_region(i, node):

@@ -365,9 +365,13 @@ from fusegrad.kernels.kernel_lang import address, call_kernel, kernel
 @kernel("i64*")
 def run_schedule(block):
     """block: n, nargs, nbases, start, stop | fn[n] | first argument[n] | base[nargs] |
-    offset[nargs] | bases[nbases] | args[nargs]. Computes every argument (bases[base[j]] +
-    offset[j]), then calls fn[k](args + first argument[k]) for k in [start, stop). Returns 0, or
-    256 * k + status when kernel k returns a non-zero status (nothing after it runs)."""
+    offset[nargs] | stride[nargs] | bases[nbases] | args[nargs]. Computes every argument
+    (bases[base[j]] + offset[j]), then calls fn[k](args + first argument[k]) for k in
+    [start, stop). An entry whose fn is 0 is a loop (fg.scan): its arguments are the trip count,
+    the number of entries in its body (those after it) and the argument slots they span; the
+    body runs `count` times, each of its arguments advancing by its stride after every pass.
+    Returns 0, or 256 * k + status when kernel k returns a non-zero status (nothing after it
+    runs)."""
     n = block[0]
     nargs = block[1]
     nbases = block[2]
@@ -375,14 +379,34 @@ def run_schedule(block):
     first = fn + n
     base = first + n
     off = base + nargs
-    bases = off + nargs
+    stride = off + nargs
+    bases = stride + nargs
     args = bases + nbases
     for j in range(nargs):
         block[args + j] = block[bases + block[base + j]] + block[off + j]
     argv = address(block) + 8 * args
-    for k in range(block[3], block[4]):
-        status = call_kernel(block[fn + k], argv + 8 * block[first + k])
-        if status != 0:
-            return 256 * k + (status & 255)
+    k = block[3]
+    stop = block[4]
+    while k < stop:
+        f = block[fn + k]
+        if f != 0:
+            status = call_kernel(f, argv + 8 * block[first + k])
+            if status != 0:
+                return 256 * k + (status & 255)
+            k += 1
+        else:
+            a = args + block[first + k]
+            count = block[a]
+            body = block[a + 1]
+            span = block[a + 2]
+            lo = block[first + k + 1] if body > 0 else 0
+            for it in range(count):
+                for kk in range(k + 1, k + 1 + body):
+                    status = call_kernel(block[fn + kk], argv + 8 * block[first + kk])
+                    if status != 0:
+                        return 256 * kk + (status & 255)
+                for j in range(lo, lo + span):
+                    block[args + j] += block[stride + j]
+            k += 1 + body
     return 0
 '''

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..compiler.artifact import BASES, CONSTANTS, FLOATS, INTS, SCRATCH, ARENA
+from ..compiler.artifact import ARENA, BASES, CONSTANTS, FLOATS, INTS, LOOP, SCRATCH
 from .native import entry_function
 
 ALIGN = 64
@@ -49,16 +49,19 @@ class Executable:
         for c, at in zip(p.constants, offsets):
             self.consts[at:at + c.nbytes] = np.frombuffer(np.ascontiguousarray(c).tobytes(),
                                                           np.uint8)
-        block = np.zeros(_HEADER + 2 * n + 2 * nargs + nbases + nargs, np.int64)
+        block = np.zeros(_HEADER + 2 * n + 3 * nargs + nbases + nargs, np.int64)
         block[:_HEADER] = (n, nargs, nbases, 0, n)
         at = _HEADER
-        block[at:at + n] = [kernel_addresses[e.kernel] for e in p.entries]
+        block[at:at + n] = [0 if e.kernel == LOOP else kernel_addresses[e.kernel]
+                            for e in p.entries]
         at += n
         block[at:at + n] = [e.args for e in p.entries]
         at += n
         block[at:at + nargs] = p.arg_base
         at += nargs
         block[at:at + nargs] = p.arg_offset
+        at += nargs
+        block[at:at + nargs] = p.arg_stride
         at += nargs
         self.bases = block[at:at + nbases]  # a view: inputs are written here each call
         self.bases[[ARENA, SCRATCH, INTS, FLOATS, CONSTANTS]] = [

@@ -19,8 +19,9 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from ..artifact import (ARENA, BASES, CONSTANTS, FLOATS, INTS, SCRATCH, ZERO, CompiledProgram,
-                        Entry, Input, Kernel, Output)
+from ...ir.printer import var_names
+from ..artifact import (ARENA, BASES, CONSTANTS, FLOATS, INTS, LOOP, SCRATCH, ZERO,
+                        CompiledProgram, Entry, Input, Kernel, Output)
 from .common import structural_names as _region_names
 from ...kernels.cpu_library import library_kernel
 from .cpu_loops import CHUNKS, LoopKernel
@@ -47,17 +48,20 @@ _PLACEHOLDER = "fusegrad_kernel_name_"
 
 
 class Ref(NamedTuple):
-    """Where a value's data starts: bases[base] + offset (bytes), and what to call it."""
+    """Where a value's data starts: bases[base] + offset (bytes), and what to call it; inside
+    a loop (fg.scan), `stride` bytes further after every pass (x[t], y[t])."""
     base: int
     offset: int
     dtype: str
     name: str
+    stride: int = 0
 
 
 class Arg(NamedTuple):
     base: int
     offset: int
     shown: str  # how render_source shows it
+    stride: int = 0
 
 
 @dataclass
@@ -80,6 +84,12 @@ class _Builder(ScheduleWriter):
         self.entries: list[Entry] = []
         self.arg_base: list[int] = []
         self.arg_offset: list[int] = []
+        self.arg_stride: list[int] = []
+        # the arena: the program's plan, then each scan body's own values (and its input refs)
+        self.arena_end = (self.plan.arena_bytes + 63) // 64 * 64
+        self.arena_base = 0
+        self.input_refs = None  # a scan body's inputs: where the enclosing program has them
+        self.in_loop = False
         self.ints: list[int] = []
         self.floats: list[float] = []
         self.schedule: list[str] = []
@@ -90,6 +100,8 @@ class _Builder(ScheduleWriter):
 
     # ---- where values live ----
     def input_ref(self, k, v):
+        if self.input_refs is not None:
+            return self.input_refs[k]._replace(dtype=v.dtype)
         return Ref(len(BASES) + k, 0, v.dtype, self.fused.input_names[k])
 
     def constant_ref(self, k, node):
@@ -100,7 +112,7 @@ class _Builder(ScheduleWriter):
         return Ref(CONSTANTS, at, node.out.dtype, self.names.get(node.out, "%?"))
 
     def arena_ref(self, v, buffer):
-        return Ref(ARENA, buffer.offset, v.dtype, self.names.get(v, "%?"))
+        return Ref(ARENA, self.arena_base + buffer.offset, v.dtype, self.names.get(v, "%?"))
 
     def retyped(self, ref, v):
         return ref._replace(dtype=v.dtype)
@@ -108,7 +120,7 @@ class _Builder(ScheduleWriter):
     # ---- arguments ----
     @staticmethod
     def pointer(ref: Ref) -> Arg:
-        return Arg(ref.base, ref.offset, ref.name)
+        return Arg(ref.base, ref.offset, ref.name + ("[t]" if ref.stride else ""), ref.stride)
 
     @staticmethod
     def size(n) -> Arg:
@@ -144,8 +156,10 @@ class _Builder(ScheduleWriter):
         for a in args:
             self.arg_base.append(a.base)
             self.arg_offset.append(a.offset)
+            self.arg_stride.append(a.stride)
         shown = f"{self.kernels[kernel].name}({', '.join(a.shown for a in args)})"
-        self.schedule.append(f"{shown}  # {what}" + (f" ({loc})" if loc else ""))
+        indent = "    " if self.in_loop else ""
+        self.schedule.append(f"{indent}{shown}  # {what}" + (f" ({loc})" if loc else ""))
 
     def library(self, call: LibCall, what, loc="", check=""):
         dtypes = tuple(h.dtype for h in call.arrays())
@@ -170,7 +184,7 @@ class _Builder(ScheduleWriter):
 
     @staticmethod
     def _key(ref: Ref):
-        return (ref.base, ref.offset)
+        return (ref.base, ref.offset, ref.stride)
 
     def loop(self, node, ins, outs, what, loc):
         keys = [self._key(r) for r in ins]
@@ -260,14 +274,100 @@ class _Builder(ScheduleWriter):
                                       Count(v.type.size))),
                      f"{self.fused.output_names[out]} (not in place)")
 
+    # ---- fg.scan: a loop of the dispatcher ----
+    def scan(self, prim, ins, outs, what, loc):
+        """The body's own program (passes, fusion, memory plan) in its own part of the arena,
+        run `length` times: the running carry lives in the scan's carry outputs (initialised
+        from init), x[t] and y[t] are arguments that advance by one slice per pass."""
+        from ..pipeline import compile_graph
+
+        if self.in_loop:
+            raise NotImplementedError("an fg.scan inside fg.scan's body does not compile for "
+                                      "target='cpu' yet; use target='interpret', or unroll "
+                                      "the inner loop")
+        a = prim.attrs
+        length, n_consts, n_carry = a["length"], a["n_consts"], a["n_carry"]
+        n_ys = len(a["ys"])
+        body = compile_graph(prim.region)
+        xs = ins[n_consts + n_carry:]
+        # the running carry lives in the carry outputs; one nobody reads gets a buffer anyway
+        outs = [ref if ref is not None or k >= n_carry else self._buffer(v, f"carry{k}")
+                for k, (ref, v) in enumerate(zip(outs, prim.outputs))]
+        carry, ys, saved = outs[:n_carry], outs[n_carry:n_carry + n_ys], outs[n_carry + n_ys:]
+        for src, dst, v in zip(ins[n_consts:n_consts + n_carry], carry,
+                               prim.inputs[n_consts:n_consts + n_carry]):
+            self._copy(src, dst, v.type.size, f"{dst.name} = carry init")
+        # the body's inputs: consts and carry where they are; x[t] one slice per pass
+        slices = [self._stepped(ref, v.type, a["reverse"], length)
+                  for ref, v in zip(xs, prim.region.inputs[n_consts + n_carry:])]
+        loop = len(self.entries)
+        self.call_loop()  # arguments set below, once the body is written
+        first_arg = len(self.arg_base)
+        saved_state = (self.fused, self.plan, self.names, self.ref, self.guard, self.arena_base,
+                       self.input_refs, self.in_loop)
+        self.fused, self.plan, self.names = body.fused, body.plan, var_names(body.fused)
+        self.ref, self.guard, self.in_loop = {}, None, True
+        self.arena_base, self.arena_end = self.arena_end, self.arena_end + \
+            (body.plan.arena_bytes + 63) // 64 * 64
+        self.input_refs = [*ins[:n_consts], *carry, *slices]
+        carry_types = [v.type for v in prim.inputs[n_consts:n_consts + n_carry]]
+        y_types = [v.type for v in prim.region.outputs[n_carry:]]
+        try:
+            for ref, out, t in zip(saved, carry, carry_types):  # the carry this pass starts from
+                if ref is not None:
+                    self._copy(out, self._stepped(ref, t, a["reverse"], length), t.size,
+                               f"{ref.name}[t] = carry")
+            self.write()
+            body_out = [self.ref[v] for v in body.fused.outputs]
+            for ref, y, t in zip(ys, body_out[n_carry:], y_types):
+                if ref is not None:
+                    self._copy(y, self._stepped(ref, t, a["reverse"], length), t.size,
+                               f"{ref.name}[t] = y")
+            for src, dst, t in zip(body_out[:n_carry], carry, carry_types):
+                self._copy(src, dst, t.size, f"{dst.name} = new carry")
+        finally:
+            (self.fused, self.plan, self.names, self.ref, self.guard, self.arena_base,
+             self.input_refs, self.in_loop) = saved_state
+        body_entries = len(self.entries) - loop - 1
+        span = len(self.arg_base) - first_arg
+        e = self.entries[loop]
+        self.arg_offset[e.args:e.args + 3] = [length, body_entries, span]
+        self.schedule[loop] = (f"loop {length} times over the next {body_entries} calls"
+                               f"  # {what}" + (f" ({loc})" if loc else ""))
+
+    def _buffer(self, v, name) -> Ref:
+        """Arena space of its own for value `v` (after the plan's and the scan bodies')."""
+        ref = Ref(ARENA, self.arena_end, v.dtype, name)
+        self.arena_end += (v.type.nbytes + 63) // 64 * 64
+        return ref
+
+    def call_loop(self):
+        self.entries.append(Entry(LOOP, len(self.arg_base), 3, "loop", ""))
+        for _ in range(3):
+            self.arg_base.append(ZERO)
+            self.arg_offset.append(0)
+            self.arg_stride.append(0)
+        self.schedule.append("loop")
+
+    @staticmethod
+    def _stepped(ref: Ref, row, reverse: bool, length: int) -> Ref:
+        """Row t of `ref`, stacked rows of type `row`, as the loop advances."""
+        step = row.nbytes
+        return ref._replace(offset=ref.offset + ((length - 1) * step if reverse else 0),
+                            stride=-step if reverse else step)
+
+    def _copy(self, src: Ref, dst: Ref, count: int, what):
+        self.library(LibCall("copy", (Array(src), Array(dst), Count(count))), what)
+
     # ---- the whole program ----
     def generate(self) -> GeneratedCode:
         self.write()
         fused, plan = self.fused, self.plan
         program = CompiledProgram(
             name=fused.name, kernels=self.kernels, entries=self.entries,
-            arg_base=self.arg_base, arg_offset=self.arg_offset, ints=self.ints,
-            floats=self.floats, arena_bytes=plan.arena_bytes, scratch_bytes=self.scratch_bytes,
+            arg_base=self.arg_base, arg_offset=self.arg_offset, arg_stride=self.arg_stride,
+            ints=self.ints, floats=self.floats, arena_bytes=max(plan.arena_bytes, self.arena_end),
+            scratch_bytes=self.scratch_bytes,
             constants=self.constants, inputs=self._inputs(), outputs=self._outputs(),
             stats=self.stats)
         return GeneratedCode(program, self.schedule, self.readable)

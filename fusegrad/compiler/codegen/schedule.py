@@ -11,6 +11,7 @@ finally copies back the outputs that could not be updated in place:
     multi                    multi(node, ins, outs)     one call per part     grid-stride launches
     gemm                     gemm(mm, ins, outs, g)     BLAS sgemm/dgemm      cuBLAS / tiled
     a lone movement op       movement(prim, calls)      library kernels       cuda_library calls
+    scan                     scan(prim, ins, outs)      a dispatcher loop     (not yet)
     the loss                 check_loss(var)            check_finite call     finite() + return
     not updated in place     copy_back(out, i)          copy call             copy call
 
@@ -99,6 +100,11 @@ class ScheduleWriter:
     def movement(self, prim, calls, what, loc):
         raise NotImplementedError
 
+    def scan(self, prim, ins, outs, what, loc):
+        """A loop (fg.scan): `prim` is the scan node, its region the body."""
+        raise NotImplementedError(f"fg.scan does not compile for the {self.TARGET} target yet; "
+                                  f"use target='cpu' or 'interpret'")
+
     def check_loss(self, var):
         raise NotImplementedError
 
@@ -143,6 +149,10 @@ class ScheduleWriter:
         prim_ins = [operand[v] for v in prim.inputs]
         if kind == "gemm":
             self.gemm(prim, prim_ins, outs, GemmShape.of(prim), what, loc)
+            return
+        if kind == "scan":  # several outputs, some perhaps unused (None)
+            result = dict(zip(node.region.outputs, outs))
+            self.scan(prim, prim_ins, [result.get(v) for v in prim.outputs], what, loc)
             return
         emitter = MOVEMENT.get(prim.op)
         if emitter is None:

@@ -33,6 +33,8 @@ from .loopspace import (COL, FULL, REDUCTIONS, ROW, MapConflict, Space, infer_ma
 def _flops(node) -> int:
     """The cost model shown in dumps: the primitive's cost (ir/ops.py) per element."""
     cost = PRIMITIVES[node.op].cost
+    if node.op == "scan":  # its body, every step
+        return node.attrs["length"] * sum(_flops(n) for n in node.region.nodes)
     if node.op == "matmul":  # per term of each inner product
         a, b = node.inputs
         k = a.shape[-2] if node.attrs["transpose_a"] else a.shape[-1]

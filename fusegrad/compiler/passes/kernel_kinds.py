@@ -36,6 +36,8 @@ _ROWS = (
     KernelKind("opaque", False, False, None,
                "one data-movement primitive (slice, pad, gather, unfold, transpose, ...)"),
     # in place part by part: an output may take the buffer of an input only its own part reads
+    KernelKind("scan", False, False, None,
+               "a loop (fg.scan): the body's own program run `length` times"),
     KernelKind("multi", False, True, None,
                "several independent elementwise kernels run as one (the multi-tensor "
                "optimizer update)"),
