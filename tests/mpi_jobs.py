@@ -84,6 +84,31 @@ def job_targets(out):
     save(out, "targets", **results)
 
 
+def job_mixed(out):
+    """Parameters of two dtypes: one all_reduce per dtype (float64 through MPI_DOUBLE), in the
+    same order on every process; equal to one process on the whole batches."""
+    def start(seed):
+        p = init(seed, layer_norm=False)
+        p["w2"] = p["w2"].astype(np.float64)
+        p["b2"] = p["b2"].astype(np.float64)
+        return p
+
+    params = start(seed=11 + rank)
+    step = fg.train_step(loss_fn, fg.optim.Adam(lr=1e-2), comm=comm)
+    batches = data(5, 9)
+    losses = [step(params, *fg.distributed.shard(b, comm)) for b in batches]
+    collectives = step.ir("optimized").count("all_reduce")
+    assert fg.distributed.same_on_every_process(params, comm)
+    extra = {}
+    if rank == 0:
+        ref = start(seed=11)
+        single = fg.train_step(loss_fn, fg.optim.Adam(lr=1e-2))
+        extra["ref_losses"] = [single(ref, *b) for b in batches]
+        extra.update({f"ref:{k}": v for k, v in ref.items()})
+    save(out, "mixed", losses=losses, collectives=collectives,
+         **{f"p:{k}": v for k, v in params.items()}, **extra)
+
+
 def job_nan(out):
     """A NaN in one process's shard at the third step: every process skips that step (the guard
     reads the summed values), and the next steps go on, identical everywhere."""

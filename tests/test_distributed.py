@@ -99,6 +99,18 @@ def test_interpreter_and_compiled_code_sum_alike(tmp_path):
     np.testing.assert_allclose(r0["cpu:w1"], r0["interpret:w1"], rtol=1e-5, atol=1e-6)
 
 
+def test_parameters_of_two_dtypes_are_summed_by_one_call_each(tmp_path):
+    run_job("mixed", tmp_path)
+    r0, r1 = _load(tmp_path, "mixed", 0), _load(tmp_path, "mixed", 1)
+    assert int(r0["collectives"]) == 2
+    np.testing.assert_array_equal(r0["losses"], r1["losses"])
+    np.testing.assert_allclose(r0["losses"], r0["ref_losses"], rtol=1e-5)
+    for k in r0:
+        if k.startswith("p:"):
+            assert r0[k].dtype == r0["ref:" + k[2:]].dtype
+            np.testing.assert_allclose(r0[k], r0["ref:" + k[2:]], rtol=1e-4, atol=1e-5)
+
+
 def test_a_nan_on_one_process_makes_every_process_skip_the_step(tmp_path):
     run_job("nan", tmp_path)
     for rank in (0, 1):
