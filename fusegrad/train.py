@@ -363,7 +363,8 @@ class TrainStep(Inspection):
     def profile(self, params, *batch, repeats=5) -> list:
         """Time every kernel call of the compiled step on this batch: [(what it computes,
         seconds), ...], the median of `repeats` runs. It runs on copies of the parameters and
-        optimizer state: `params`, the state and `step.t` are left as they were."""
+        optimizer state: `params`, the state and `step.t` are left as they were. A
+        data-parallel step's all-reduce is a collective call: profile on every process."""
         prog, inputs, _, _, _ = self._inputs(params, batch)
         runner = self._runner(prog)
         written = {i for _, i in prog.graph.aliases}

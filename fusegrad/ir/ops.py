@@ -492,8 +492,6 @@ def _random_uniform(ts, attrs):
     return TensorType(attrs["dtype"], tuple(attrs["shape"]))
 
 
-
-
 # ---------------------------------------------------------------------------------------------
 # collectives: data-parallel training's gradient sum (fusegrad/distributed.py, compiler/step.py)
 
