@@ -109,6 +109,24 @@ def job_mixed(out):
          **{f"p:{k}": v for k, v in params.items()}, **extra)
 
 
+def job_cuda(out):
+    """target="cuda" (run on Numba's simulator by the test): the driver sums a host copy of the
+    packed gradients with mpi4py; the same steps as the CPU's."""
+    def small(p, x, y):
+        return fg.cross_entropy(x @ p["w"] + p["b"], y)
+
+    results = {}
+    for target in ("cpu", "cuda"):
+        params = {"w": init(seed=5, layer_norm=False)["w1"][:, :5].copy(),
+                  "b": np.zeros(5, np.float32)}
+        step = fg.train_step(small, fg.optim.SGD(lr=0.5), comm=comm, target=target)
+        results[target] = [float(step(params, *fg.distributed.shard(b, comm)))
+                           for b in data(2, 7)]
+        results[f"{target}:w"] = params["w"]
+        assert fg.distributed.same_on_every_process(params, comm)
+    save(out, "cuda", **results)
+
+
 def job_nan(out):
     """A NaN in one process's shard at the third step: every process skips that step (the guard
     reads the summed values), and the next steps go on, identical everywhere."""

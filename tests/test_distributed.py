@@ -111,6 +111,15 @@ def test_parameters_of_two_dtypes_are_summed_by_one_call_each(tmp_path):
             np.testing.assert_allclose(r0[k], r0["ref:" + k[2:]], rtol=1e-4, atol=1e-5)
 
 
+def test_cuda_driver_sums_through_the_host(tmp_path):
+    pytest.importorskip("numba.cuda")
+    run_job("cuda", tmp_path, env={"NUMBA_ENABLE_CUDASIM": "1"})
+    r0, r1 = _load(tmp_path, "cuda", 0), _load(tmp_path, "cuda", 1)
+    np.testing.assert_array_equal(r0["cuda"], r1["cuda"])
+    np.testing.assert_allclose(r0["cuda"], r0["cpu"], rtol=1e-5)
+    np.testing.assert_allclose(r0["cuda:w"], r0["cpu:w"], rtol=1e-5, atol=1e-6)
+
+
 def test_a_nan_on_one_process_makes_every_process_skip_the_step(tmp_path):
     run_job("nan", tmp_path)
     for rank in (0, 1):
