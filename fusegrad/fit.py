@@ -61,6 +61,11 @@ def fit(step, params, data, epochs: int = 1, eval_fn=None, patience: int | None 
                              "step with fg.train_step(..., comm=...) too, so that it sums the "
                              "gradients over them")
         comm = communicator(comm)
+        own = getattr(step, "comm", None)
+        if own is not None and own is not comm:
+            raise ValueError("fit(comm=...) and the step's comm= are different communicators: "
+                             "the batches would be shared out over other processes than the "
+                             "gradients are summed over")
         progress = progress and comm.rank == 0
     history = {"loss": [], "epoch_loss": [], "eval": []}
     best, best_params, waited = None, None, 0
