@@ -7,7 +7,7 @@
 from .api import grad, jit, value_and_grad
 from .device import device_put, to_numpy
 from .gradcheck import GradientCheckError, check_grads
-from . import optim
+from . import distributed, optim
 from .ir.interpret import IndexOutOfRangeError
 from .train import (CheckpointError, NonFiniteGradientError, NonFiniteLossError, TrainStep,
                     train_step)
@@ -17,5 +17,6 @@ from .ops import __all__ as _ops_all
 
 __version__ = "0.1.0"
 __all__ = ["jit", "grad", "value_and_grad", "check_grads", "GradientCheckError", "optim",
+           "distributed",
            "train_step", "TrainStep", "NonFiniteLossError", "NonFiniteGradientError",
            "CheckpointError", "IndexOutOfRangeError", "fit", "device_put", "to_numpy", *_ops_all]

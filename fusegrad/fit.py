@@ -25,7 +25,7 @@ def _restore(params, snapshot):
 
 
 def fit(step, params, data, epochs: int = 1, eval_fn=None, patience: int | None = None,
-        mode: str = "min", progress: bool = True) -> dict:
+        mode: str = "min", progress: bool = True, comm=None) -> dict:
     """Train `params` in place with `step` over `data` for `epochs` epochs.
 
     data: an iterable of batches (tuples of arrays: `step(params, *batch)`), or a callable
@@ -37,6 +37,13 @@ def fit(step, params, data, epochs: int = 1, eval_fn=None, patience: int | None 
     (per epoch, if eval_fn), "steps_per_second", "samples_per_second".
     A non-finite loss raises NonFiniteLossError naming the step; the parameters stay as they
     were before that step (the step does not apply it).
+
+    Data-parallel (comm=, an mpi4py communicator; by default the step's own, for a step made
+    with comm=): every process iterates the same batches and trains on its shard of each
+    (fusegrad.distributed.shard: rows split as evenly as they go, so the step is the one a
+    single process would take on the whole batch); the progress bar and the epoch lines are
+    shown on rank 0 only; the losses are the job's, and samples_per_second counts every
+    process's samples.
     """
     from tqdm.auto import tqdm  # here, not at import: `import fusegrad` must not need it
 
@@ -44,6 +51,22 @@ def fit(step, params, data, epochs: int = 1, eval_fn=None, patience: int | None 
         raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
     if patience is not None and eval_fn is None:
         raise ValueError("early stopping (patience=) needs an eval_fn")
+    if comm is None:
+        comm = getattr(step, "comm", None)
+    if comm is not None:
+        from .distributed import communicator, shard
+
+        if getattr(step, "comm", True) is None:  # a TrainStep that does not sum gradients
+            raise ValueError("fit(comm=...) shards every batch over the processes: make the "
+                             "step with fg.train_step(..., comm=...) too, so that it sums the "
+                             "gradients over them")
+        comm = communicator(comm)
+        own = getattr(step, "comm", None)
+        if own is not None and own is not comm:
+            raise ValueError("fit(comm=...) and the step's comm= are different communicators: "
+                             "the batches would be shared out over other processes than the "
+                             "gradients are summed over")
+        progress = progress and comm.rank == 0
     history = {"loss": [], "epoch_loss": [], "eval": []}
     best, best_params, waited = None, None, 0
     n_steps = n_samples = 0
@@ -56,6 +79,9 @@ def fit(step, params, data, epochs: int = 1, eval_fn=None, patience: int | None 
         losses = []
         for batch in bar:
             batch = tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)
+            samples = _batch_size(batch)
+            if comm is not None:
+                batch = shard(batch, comm)
             t0 = time.perf_counter()
             try:
                 loss = step(params, *batch)
@@ -66,7 +92,7 @@ def fit(step, params, data, epochs: int = 1, eval_fn=None, patience: int | None 
             loss_value = float(loss[0] if isinstance(loss, tuple) else loss)
             losses.append(loss_value)
             n_steps += 1
-            n_samples += _batch_size(batch)
+            n_samples += samples
             if progress:
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", refresh=False,
                                 samples_s=f"{n_samples / max(elapsed, 1e-9):,.0f}")

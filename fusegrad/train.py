@@ -6,6 +6,10 @@
 Optimizer state lives in the step object (`step.state`), checkpoints with `step.save/load`.
 A loss function with a `key` keyword gets a fresh counter-based random key every step,
 reproducible from `seed`, so fg.dropout works inside compiled training.
+
+With `comm=` (an mpi4py communicator) the step is data-parallel: every process passes its own
+shard of the batch, the compiled step sums the gradients over the processes (fusegrad/
+distributed.py, compiler/data_parallel.py) and every process applies the same update.
 """
 from __future__ import annotations
 
@@ -110,9 +114,13 @@ def _batch_problem(path, arg) -> str | None:
     return None
 
 
-def step_key(seed: int, t: int) -> np.int64:
-    """The random key of step t: distinct for every (seed, step), the same on every run."""
-    return np.int64(((int(seed) & 0x7FFFFFFF) << 32) | (int(t) & 0xFFFFFFFF))
+def step_key(seed: int, t: int, rank: int = 0) -> np.int64:
+    """The random key of step t: distinct for every (seed, step), the same on every run; in a
+    data-parallel job each process's rank is folded in, so shards draw different dropout
+    masks (rank 0's keys are a single process's)."""
+    key = ((int(seed) & 0x7FFFFFFF) << 32) | (int(t) & 0xFFFFFFFF)
+    key = (key + int(rank) * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+    return np.int64(key - (1 << 64) if key >= 1 << 63 else key)
 
 
 def _trainable_mask(trainable, params) -> list[bool]:
@@ -141,7 +149,7 @@ class TrainStep(Inspection):
     PARTS = ("forward", "backward", "update")
 
     def __init__(self, loss_fn, optimizer, has_aux=False, trainable=None, seed=0,
-                 target=None, remat="none"):
+                 target=None, remat="none", comm=None):
         functools.update_wrapper(self, loss_fn)
         self.loss_fn = loss_fn
         self.optimizer = optimizer
@@ -173,6 +181,13 @@ class TrainStep(Inspection):
         self._slots: dict | None = None  # slot -> list over param leaves (None if not trained)
         self._params = None  # the pytree last trained (for save())
         self._param_specs = None  # (shape, dtype) of every parameter leaf, fixed at first call
+        self.comm = None  # data-parallel: fusegrad.distributed.Communicator
+        self._samples = np.zeros((), np.float64)  # this process's samples in the step
+        self._synchronized = False  # data-parallel: rank 0's start broadcast yet?
+        if comm is not None:
+            from .distributed import communicator
+
+            self.comm = communicator(comm)
 
     # ---- compilation ----
     def _program(self, params, batch, flat=None) -> StepGraph:
@@ -197,7 +212,8 @@ class TrainStep(Inspection):
             with compiling():
                 prog = build_step_graph(self.loss_fn, self.optimizer, (params,) + batch, mask,
                                         self.has_aux, self.takes_key, self.name, timings=timings,
-                                        leaf_optimizers=optimizers)
+                                        leaf_optimizers=optimizers,
+                                        handle_bits=self.comm and self.comm.handle_bits)
             self._programs[key] = prog
             self._timings[id(prog)] = timings
         self._last = prog
@@ -261,11 +277,13 @@ class TrainStep(Inspection):
         t = self.t + 1
         # the key is the traced function's last argument, or its last input (build_step_graph)
         if prog.takes_key:
-            self._key[()] = step_key(self.seed, t)
+            self._key[()] = step_key(self.seed, t, self.comm.rank if self.comm else 0)
         inputs = graph_inputs(prog.traced, leaves=flat[0] + ([self._key] if self.takes_key
                                                              else []))
         if prog.traced.implicit_key:
             inputs.append(self._key)
+        if self.comm is not None:  # compiler/step.py: samples and the MPI handles
+            inputs += [self._samples, self.comm.handles]
         trained_leaves = [prog.traced.array_leaves[k] for k in prog.trained]
         for i in trained_leaves:
             inputs += [self._slots[s][i] for s in prog.slots]
@@ -286,7 +304,15 @@ class TrainStep(Inspection):
         rates[:] = [lr(t) if callable(lr) else lr for lr in prog.lrs]
         return rates
 
-    def __call__(self, params, *batch):
+    def __call__(self, params, *batch, samples=None):
+        """One step on this batch; returns its loss. Data-parallel (comm=): the batch is this
+        process's shard, `samples` its number of samples (default: the first dimension of the
+        first batch array), which weighs its loss and gradients in the job's means; the loss
+        returned is the job's."""
+        if self.comm is not None:
+            self._samples[()] = _samples_of(batch) if samples is None else float(samples)
+            if not self._synchronized:
+                self._synchronize(params, batch)
         prog, inputs, leaves, trained_leaves, t = self._inputs(params, batch)
         runner = self._runner(prog)
         self._last_inputs = inputs
@@ -314,6 +340,19 @@ class TrainStep(Inspection):
         if self.has_aux:
             return loss, unflatten(prog.aux_tree, outs[1:1 + n_aux])
         return loss
+
+    def _synchronize(self, params, batch):
+        """Data-parallel: every process starts from rank 0's parameters, optimizer state and
+        step count (all processes call this on their first step, or their first after load)."""
+        from .distributed import broadcast
+
+        leaves = self._check_params(params)
+        self._init_state(leaves, self._program(params, batch, flatten((params,) + batch)))
+        broadcast(params, self.comm)
+        state = [x for values in self._slots.values() for x in values if x is not None]
+        broadcast(state, self.comm)
+        self.t = self.comm.broadcast_value(self.t)
+        self._synchronized = True
 
     def _runner(self, prog) -> Runner:
         r = self._runners.get(id(prog))
@@ -350,7 +389,8 @@ class TrainStep(Inspection):
     def profile(self, params, *batch, repeats=5) -> list:
         """Time every kernel call of the compiled step on this batch: [(what it computes,
         seconds), ...], the median of `repeats` runs. It runs on copies of the parameters and
-        optimizer state: `params`, the state and `step.t` are left as they were."""
+        optimizer state: `params`, the state and `step.t` are left as they were. A
+        data-parallel step's all-reduce is a collective call: profile on every process."""
         prog, inputs, _, _, _ = self._inputs(params, batch)
         runner = self._runner(prog)
         written = {i for _, i in prog.graph.aliases}
@@ -387,7 +427,10 @@ class TrainStep(Inspection):
                 for p, x in zip(paths, values):
                     if x is not None:
                         arrays[f"{s}:{p}"] = to_numpy(x)
-        write_atomic(path, lambda f: np.savez(f, **arrays), sync=True)
+        if self.comm is None or self.comm.rank == 0:  # data-parallel: one writer, then all meet
+            write_atomic(path, lambda f: np.savez(f, **arrays), sync=True)
+        if self.comm is not None:
+            self.comm.barrier()
 
     def load(self, path, params=None):
         """Restore a checkpoint written by save(): parameters are copied into `params` in place,
@@ -409,6 +452,7 @@ class TrainStep(Inspection):
             if plan["slots"] is not None:
                 self._slots = plan["slots"]
             self.t, self.seed = plan["step"], plan["seed"]
+            self._synchronized = False  # data-parallel: the next step starts from rank 0's
 
     def _checked_checkpoint(self, path, data, params) -> dict:
         """Everything load() will write, checked against this step and `params`."""
@@ -480,14 +524,24 @@ class TrainStep(Inspection):
         return {p for p, m in zip(leaf_paths(tree, "params"), mask) if m}
 
 
+def _samples_of(batch) -> float:
+    """A shard's samples: the first dimension of its first array (1 without one)."""
+    for x in flatten(batch)[0]:
+        shape = getattr(x, "shape", ())
+        if len(shape) >= 1:
+            return float(shape[0])
+    return 1.0
+
+
 def train_step(loss_fn=None, optimizer=None, *, has_aux=False, trainable=None, seed=0,
-               target=None, remat="none"):
+               target=None, remat="none", comm=None):
     """Compile a training step; usable as fg.train_step(loss_fn, opt) or
-    @fg.train_step(optimizer=opt)."""
+    @fg.train_step(optimizer=opt). comm: an mpi4py communicator for data-parallel training
+    (fusegrad/distributed.py)."""
     if optimizer is None and loss_fn is not None and not callable(loss_fn):
         loss_fn, optimizer = None, loss_fn
     if optimizer is None:
         raise TypeError("train_step needs an optimizer, e.g. fg.optim.Adam(lr=1e-3)")
     if loss_fn is None:
-        return lambda f: TrainStep(f, optimizer, has_aux, trainable, seed, target, remat)
-    return TrainStep(loss_fn, optimizer, has_aux, trainable, seed, target, remat)
+        return lambda f: TrainStep(f, optimizer, has_aux, trainable, seed, target, remat, comm)
+    return TrainStep(loss_fn, optimizer, has_aux, trainable, seed, target, remat, comm)

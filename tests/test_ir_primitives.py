@@ -447,6 +447,36 @@ for seed, counter, shape, dt in ((42, 0, (2, 3), "float32"), (42, 1, (4,), "floa
 
 
 # ---------------------------------------------------------------------------------------------
+# collectives: with handle 0 (no communicator) the sum over processes is this process's values,
+# packed one after another from multiples of 16 elements (zeros between)
+
+NO_COMM = fixed(np.zeros(5, np.int64))
+
+
+def packed_ref(*values):
+    out, at = [], 0
+    for v in values:
+        gap = -at % 16
+        out += [np.zeros(gap), np.asarray(v, np.float64).reshape(-1)]
+        at += gap + np.size(v)
+    return np.concatenate(out)
+
+
+for shapes, dt in ((((3, 4), (4,), ()), "float32"), ((((17,),)), "float64"),
+                   (((2, 16), (0,), (1, 1)), "float32")):
+    add("all_reduce", [NO_COMM, *(rand(s, dt) for s in shapes)], {"handle_bits": 32},
+        lambda h, *xs: packed_ref(*xs),
+        f"{short(dt)}-" + "-".join(shp(s) for s in shapes))
+add("all_reduce", [NO_COMM, rand((5,), "float32")], {"handle_bits": 64},
+    lambda h, x: packed_ref(x), "h64")
+for n, offset, shape, dt in ((20, 16, (2, 2), "float32"), (7, 0, (), "float64"),
+                             (9, 3, (6,), "float32")):
+    add("part", [rand((n,), dt)], {"offset": offset, "shape": shape},
+        lambda x, _o=offset, _s=shape: x[_o:_o + int(np.prod(_s))].reshape(_s),
+        f"{short(dt)}-{n}-at{offset}-{shp(shape)}")
+
+
+# ---------------------------------------------------------------------------------------------
 # the tests
 
 

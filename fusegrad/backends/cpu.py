@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from .. import config
-from ..compiler.artifact import STATUS_INDEX, STATUS_NONFINITE, CompiledProgram
+from ..compiler.artifact import (STATUS_COLLECTIVE, STATUS_INDEX, STATUS_NONFINITE,
+                                 CompiledProgram)
 from ..ir.fingerprint import fingerprint
 from ..ir.interpret import IndexOutOfRangeError
 from . import Backend
@@ -113,7 +114,14 @@ class CpuBackend(Backend):
         """Every kernel compiled by Numba from the same text (the reference compiler)."""
         from ..compiler.native.reference import numba_entry
         from ..runtime.cpu import CpuBuild
+        from ..runtime.native import NativeLoadError, missing_symbols
 
+        # Numba's JIT resolves external symbols as it compiles (and aborts on a missing one):
+        # a collective's kernel needs MPI_Allreduce bound first, as the native loader does
+        collective = any(e.check == "collective" for e in program.entries)
+        if collective and missing_symbols(["MPI_Allreduce"]):
+            raise NativeLoadError("a collective's kernel needs MPI_Allreduce, from mpi4py's MPI "
+                                  "library: pip install 'fusegrad[mpi]'")
         t0 = time.perf_counter()
         compiled = [numba_entry(k.name, k.text) for k in kernels]
         self.job.phases["kernels"] = time.perf_counter() - t0
@@ -142,6 +150,9 @@ class CpuBackend(Backend):
         if code == STATUS_INDEX:
             raise IndexOutOfRangeError(f"{name}: an index is out of range in {entry.what}"
                                        f"{self._where(status // 256)}; nothing was updated")
+        if code == STATUS_COLLECTIVE:
+            raise RuntimeError(f"{name}: MPI_Allreduce returned an error in {entry.what}; the "
+                               f"step stopped before writing anything")
         raise RuntimeError(f"{name}: kernel call {status // 256} ({entry.what}) failed with "
                            f"status {code}")
 

@@ -35,6 +35,7 @@ ZERO, ARENA, SCRATCH, INTS, FLOATS, CONSTANTS = range(len(BASES))
 # entry status codes (kernels return them; 0 is success)
 STATUS_NONFINITE = 1  # a check_finite entry found inf or NaN
 STATUS_INDEX = 2  # an index out of range (gather, scatter, labels)
+STATUS_COLLECTIVE = 3  # MPI_Allreduce returned an error
 
 
 @dataclass

@@ -28,9 +28,12 @@ def active_vars(graph: Graph, wrt_vars) -> set:
     return active
 
 
-def differentiate(graph: Graph, wrt, of: int = 0, name: str | None = None) -> Graph:
+def differentiate(graph: Graph, wrt, of: int = 0, name: str | None = None,
+                  seed: int | None = None) -> Graph:
     """Joint graph whose outputs are `graph`'s outputs followed by d outputs[of] / d inputs[i]
-    for each input index i in `wrt` (in that order)."""
+    for each input index i in `wrt` (in that order). `seed`: the index of a scalar graph input
+    the cotangent of outputs[of] starts from instead of 1 (a data-parallel step weights each
+    process's gradients by its samples: compiler/data_parallel.py)."""
     loss = graph.outputs[of]
     loss_name = graph.output_names[of]
     if loss.shape != ():
@@ -62,7 +65,11 @@ def differentiate(graph: Graph, wrt, of: int = 0, name: str | None = None) -> Gr
     cotangent: dict[Var, Var] = {}
     if loss in active:
         e.loc = None
-        cotangent[loss] = e.const(1, loss.dtype)
+        if seed is None:
+            cotangent[loss] = e.const(1, loss.dtype)
+        else:
+            s = graph.inputs[seed]
+            cotangent[loss] = s if s.dtype == loss.dtype else e("cast", s, dtype=loss.dtype)
 
     for node in reversed(nodes):
         if node.op == "kernel":

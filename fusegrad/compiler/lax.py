@@ -354,3 +354,16 @@ def iota(shape, axis, dtype="int64"):
 def random_uniform(seed, counter, shape, dtype="float32"):
     seed, counter = convert(seed, "int64"), convert(counter, "int64")
     return bind("random_uniform", seed, counter, shape=tuple(shape), dtype=as_dtype(dtype))
+
+
+def all_reduce(handles, *values, handle_bits=32):
+    """The sum over the job's processes of `values`, packed into one 1-D array (ir/ops.py
+    packed_offsets says where each is); `handles` is the int64[5] MPI handle table
+    (fusegrad/distributed.py). With handle 0 (no communicator) the sum is over this process."""
+    values = promote(*values)
+    return bind("all_reduce", convert(handles, "int64"), *values, handle_bits=int(handle_bits))
+
+
+def part(x, offset, shape):
+    """x[offset:offset + size] of a 1-D x, shaped `shape`."""
+    return bind("part", x, offset=int(offset), shape=tuple(int(d) for d in shape))

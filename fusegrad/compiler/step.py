@@ -1,9 +1,9 @@
 """The whole-step graph: forward + backward + optimizer update in one Graph.
 
     inputs:  params (param) | batch leaves (batch) | key (hyper, if the loss takes one or a
-             random op draws from the step's key)
-             | optimizer state slots (state) | lr (hyper: one, or one per trained parameter
-             when they differ) | step (hyper)
+             random op draws from the step's key) | samples, mpi (hyper, data-parallel steps:
+             compiler/data_parallel.py) | optimizer state slots (state) | lr (hyper: one, or
+             one per trained parameter when they differ) | step (hyper)
     outputs: loss | aux leaves | buffers' new values (fg.assign) | new params (alias their
              inputs) | new state (alias theirs) | finite checks
 
@@ -20,6 +20,7 @@ import numpy as np
 from ..ir import GraphBuilder, TensorType
 from ..ir.dtypes import is_float
 from ..pytree import TreeDef
+from . import data_parallel
 from .autodiff import differentiate
 from .emit import Emitter
 from .optim import Hyper, Optimizer, clip_by_global_norm
@@ -51,7 +52,7 @@ class StepGraph:
 
 def build_step_graph(loss_fn, optimizer: Optimizer, args, trainable_leaves, has_aux=False,
                      key_kwarg=False, name=None, timings: dict | None = None,
-                     leaf_optimizers=None) -> StepGraph:
+                     leaf_optimizers=None, handle_bits: int | None = None) -> StepGraph:
     """Trace loss_fn(*args) (args[0] = params), differentiate w.r.t. the trainable float
     parameter leaves and append `optimizer`'s update.
 
@@ -59,6 +60,9 @@ def build_step_graph(loss_fn, optimizer: Optimizer, args, trainable_leaves, has_
     `leaf_optimizers[i]`: the optimizer of args[0]'s i-th leaf with its per-parameter
     hyper-parameters resolved (Optimizer.for_parameter); `optimizer` for every leaf if None.
     With key_kwarg, the loss is traced with key=<an int64 scalar graph input>.
+    With handle_bits (the MPI library's handle width), the step is data-parallel: its
+    gradients, loss and samples are summed over the processes before the guard and the update
+    (compiler/data_parallel.py).
     """
     roles = ["param"] + ["batch"] * (len(args) - 1)
     if key_kwarg:
@@ -98,7 +102,14 @@ def build_step_graph(loss_fn, optimizer: Optimizer, args, trainable_leaves, has_
     aux_tree = out_tree.children[1] if has_aux else None
     n_outputs = len(graph.outputs)
 
-    joint = differentiate(graph, trained, of=0)
+    seed = None
+    if handle_bits is not None:  # two more runtime inputs; the backward starts from `samples`
+        extra = data_parallel.inputs()
+        seed = len(graph.inputs)
+        graph = graph.replace(inputs=graph.inputs + tuple(v for v, _ in extra),
+                              input_names=graph.input_names + tuple(n for _, n in extra),
+                              input_roles=graph.input_roles + ("hyper",) * len(extra))
+    joint = differentiate(graph, trained, of=0, seed=seed)
     t2 = time.perf_counter()
     b = GraphBuilder(joint.name)
     b.inputs, b.input_names, b.input_roles = (list(joint.inputs), list(joint.input_names),
@@ -124,11 +135,16 @@ def build_step_graph(loss_fn, optimizer: Optimizer, args, trainable_leaves, has_
 
     e = Emitter(b, part="update")
     grads = list(joint.outputs[n_outputs:])
-    checks = _gradient_checks(Emitter(b, part="backward"), grads, joint.outputs[0].dtype)
-    guard_value = Emitter(b, part="backward").add(joint.outputs[0], _total(b, checks))
+    loss, checked = joint.outputs[0], grads
+    if handle_bits is not None:  # the job's loss and sums are checked; the update reads means
+        loss, checked, grads = data_parallel.sum_over_processes(
+            Emitter(b, part="backward"), loss, grads, joint.inputs[seed], joint.inputs[seed + 1],
+            handle_bits, e)
+    checks = _gradient_checks(Emitter(b, part="backward"), checked, loss.dtype)
+    guard_value = Emitter(b, part="backward").add(loss, _total(b, checks))
     if optimizer.clip_norm is not None:
         grads = clip_by_global_norm(e, grads, optimizer.clip_norm)
-    outputs = list(joint.outputs[:n_outputs])  # loss, aux, fg.assign's new values
+    outputs = [loss, *joint.outputs[1:n_outputs]]  # the (job's) loss, aux, fg.assign's
     names = list(joint.output_names[:n_outputs])
     aliases, new_states = list(fwd.assigned), []
     for k, g in zip(trained, grads):

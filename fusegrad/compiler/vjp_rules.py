@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 
-from ..ir.ops import prims_where
+from ..ir.ops import packed_offsets, prims_where
 from .scan_vjp import scan_vjp
 
 
@@ -182,6 +182,23 @@ def _window(adjoint_op):
     return rule
 
 
+def _all_reduce(e, n, g, need):
+    """The sum over processes is its own adjoint: every process's x_i gets the sum of every
+    process's cotangent of the result, read back at x_i's place."""
+    handles, values = n.inputs[0], n.inputs[1:]
+    summed = e("all_reduce", handles, g, handle_bits=n.attrs["handle_bits"])
+    offsets, _ = packed_offsets([v.type for v in values])
+    return (None, *(e("part", summed, offset=at, shape=tuple(x.shape)) if want else None
+                    for x, at, want in zip(values, offsets, need[1:])))
+
+
+def _part(e, n, g, need):
+    (x,) = n.inputs
+    at, size = n.attrs["offset"], n.out.type.size
+    flat = e.reshape(g, (size,))
+    return (e("pad", flat, pads=((at, x.shape[0] - at - size),), value=0.0),)
+
+
 def _no_gradient(e, n, g, need):
     return (None,) * len(n.inputs)
 
@@ -228,6 +245,8 @@ _GRADIENTS = {
     "unfold": _window("fold"),
     "fold": _window("unfold"),
     "scan": scan_vjp,  # a reverse scan (scan_vjp.py); its `g` is one cotangent per output
+    "all_reduce": _all_reduce,
+    "part": _part,
 }
 
 VJP_RULES = {op: _no_gradient for op in prims_where(differentiable=False)} | _GRADIENTS

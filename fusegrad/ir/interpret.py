@@ -11,7 +11,7 @@ import math
 import numpy as np
 
 from .dtypes import to_numpy
-from .ops import prims_where, window_output_size
+from .ops import packed_offsets, prims_where, window_output_size
 
 def _erf(x):
     """erf by SciPy when present (imported on first use: it costs a fifth of a second, and most
@@ -143,6 +143,38 @@ def _random_uniform(xs, a):
     return out.reshape(shape)
 
 
+# ---- collectives: the processes of a data-parallel job (fusegrad/distributed.py) -----------
+
+# communicator handle (the first entry of an all_reduce's handle table) -> a function that sums
+# a C-contiguous array in place over the communicator's processes; distributed.py registers
+# one per communicator it is given. Handle 0 means no communicator: one process, the sum is the
+# array itself.
+COMMUNICATORS: dict = {}
+
+
+def _all_reduce(xs, a):
+    handles, values = xs[0], xs[1:]
+    offsets, total = packed_offsets(values)
+    out = np.zeros(total, np.result_type(*values))
+    for x, at in zip(values, offsets):
+        out[at:at + x.size] = x.reshape(-1)
+    comm = int(handles[0])
+    if comm:
+        summed = COMMUNICATORS.get(comm)
+        if summed is None:
+            raise RuntimeError(f"all_reduce: no communicator is registered for handle {comm} "
+                               f"in this process (fusegrad.distributed registers those it is "
+                               f"given)")
+        summed(out)
+    return out
+
+
+def _part(xs, a):
+    shape = tuple(a["shape"])
+    n = int(np.prod(shape, dtype=np.int64))
+    return xs[0][a["offset"]:a["offset"] + n].reshape(shape).copy()
+
+
 IMPLS = {
     "neg": lambda xs, a: np.negative(xs[0]),
     "exp": lambda xs, a: np.exp(xs[0]),
@@ -192,6 +224,8 @@ IMPLS = {
     "constant": lambda xs, a: a["value"].array,
     "iota": _iota,
     "random_uniform": _random_uniform,
+    "all_reduce": _all_reduce,
+    "part": _part,
 }
 
 

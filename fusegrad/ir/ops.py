@@ -29,6 +29,8 @@ from .types import ShapeError, TensorType, broadcast_shapes, normalize_axes
 #   matmul                                      (batched) matrix product with transpose flags
 #   window                                      unfold / fold (im2col / col2im)
 #   source                                      constant, iota, random_uniform (no tensor inputs)
+#   collective                                  all_reduce: a sum over the processes of a job (MPI),
+#                                               which every process must reach in the same order
 ELEMENTWISE_KINDS = ("unary", "binary", "compare", "select", "cast")
 
 # Roles in a loop kernel (Primitive.loop): how a node computes its values inside one loop nest
@@ -45,10 +47,13 @@ LOOP_ROLES = ("map", "view", "reduce", "source", None)
 # Kernels a lone node forms where it does not join a loop kernel (Primitive.lone_kernel):
 #   opaque   one library call or a few (codegen/cpu_movement.py's MOVEMENT, shared by CPU and CUDA)
 #   gemm     a GEMM call (the backends' emit_gemm)
+#   collective   a call every process of a job makes together (all_reduce: the backends'
+#            `collective` hook, after the memory plan placed its operands in one region)
 #   None     always in a loop kernel (elementwise: prepare_for_fusion makes every one
 #            loopable), or no kernel at all (a constant is data, passed to the program)
 #   scan     a loop over a region (control flow): the backends run the region's own program
-LONE_KERNELS = ("opaque", "gemm", "scan", None)
+#   collective  an all_reduce over the job's processes (the backends' collective hook)
+LONE_KERNELS = ("opaque", "gemm", "scan", "collective", None)
 
 TRANSCENDENTAL = 10  # the cost model's price of a libm call, in flops per element
 
@@ -73,6 +78,9 @@ class Primitive:
     recomputable: bool = False  # remat may clone it into the backward part (cheap, no state)
     foldable: bool = True  # constant folding may evaluate it at compile time
     differentiable: bool = True  # False: its VJP passes no gradient to any input
+    ordered: bool = False  # a side effect every process must perform in the same order (a
+    #                        collective): never merged (CSE), removed (DCE), folded, recomputed,
+    #                        fused with anything, or moved past another ordered node
 
     @property
     def elementwise(self) -> bool:
@@ -101,6 +109,7 @@ _KIND_DEFAULTS = {
     "source": dict(lone_kernel="opaque", foldable=False, differentiable=False),
     # control flow: a node with a region (its body) that a backend runs as a loop
     "control": dict(lone_kernel="scan", foldable=False),
+    "collective": dict(lone_kernel="collective", foldable=False, ordered=True),
 }
 
 PRIMITIVES: dict[str, Primitive] = {}
@@ -505,3 +514,51 @@ def _scan(ts, attrs):
     if attrs["save"]:
         outs += [TensorType(c.dtype, (length, *c.shape)) for c in carry]
     return tuple(outs)
+# ---------------------------------------------------------------------------------------------
+# collectives: data-parallel training's gradient sum (fusegrad/distributed.py, compiler/step.py)
+
+PACK_ALIGN = 16  # elements: each operand of an all_reduce starts on a 64-byte boundary
+#                  (float32) of its result; in elements, so float64 mode keeps the layout
+
+
+def packed_offsets(types) -> tuple[tuple[int, ...], int]:
+    """(element offset of each operand, total elements) of all_reduce's result: the operands
+    flattened one after another, each starting at a multiple of PACK_ALIGN elements (the gaps
+    hold zeros in the interpreter, anything in compiled code; nobody reads them)."""
+    offsets, at = [], 0
+    for t in types:
+        at = (at + PACK_ALIGN - 1) // PACK_ALIGN * PACK_ALIGN
+        offsets.append(at)
+        at += t.size
+    return tuple(offsets), at
+
+
+@register("all_reduce", "collective", None, attrs=("handle_bits",),
+          doc="all_reduce(handles, x1, x2, ...): the sum over the job's processes of x1, x2 ... "
+              "flattened into one 1-D array (packed_offsets); handles is the int64 table "
+              "(communicator, MPI_FLOAT, MPI_DOUBLE, MPI_SUM, MPI_IN_PLACE) read at run time; "
+              "handle_bits, the width of the MPI library's handles (32: MPICH, 64: Open MPI), "
+              "picks the compiled call")
+def _all_reduce(ts, attrs):
+    _need(len(ts) >= 2, "all_reduce", "needs the handle table and at least one value")
+    handles, values = ts[0], ts[1:]
+    _need(handles.dtype == "int64" and handles.shape == (5,), "all_reduce",
+          f"the handle table must be int64[5], got {handles}")
+    dt = _same_dtype("all_reduce", values)
+    _need(is_float(dt), "all_reduce", f"sums floats, got {dt}")
+    _need(attrs["handle_bits"] in (32, 64), "all_reduce",
+          f"handle_bits must be 32 or 64, got {attrs['handle_bits']}")
+    return TensorType(dt, (packed_offsets(values)[1],))
+
+
+@register("part", "movement", 1, attrs=("offset", "shape"),
+          doc="x[offset:offset + size] of a 1-D x, as an array of `shape` (an operand of an "
+              "all_reduce read back from its result); a view where the memory plan can")
+def _part(ts, attrs):
+    (x,) = ts
+    shape = tuple(attrs["shape"])
+    size = TensorType(x.dtype, shape).size
+    _need(x.ndim == 1, "part", f"reads a 1-D array, got {x}")
+    if not 0 <= attrs["offset"] <= attrs["offset"] + size <= x.shape[0]:
+        raise ShapeError(f"part: [{attrs['offset']}, {attrs['offset'] + size}) is not inside {x}")
+    return TensorType(x.dtype, shape)

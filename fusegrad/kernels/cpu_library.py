@@ -17,7 +17,7 @@ from functools import lru_cache
 import numpy as np
 from numba import njit
 
-from .kernel_lang import blas_gemm, offset
+from .kernel_lang import blas_gemm, mpi_allreduce_h32, mpi_allreduce_h64, offset
 
 _inline = njit(inline="always", error_model="numpy", nogil=True)
 
@@ -297,6 +297,44 @@ def check_finite(x, n):
     return bad
 
 
+# ---- collectives: a data-parallel step's gradient sum (compiler/data_parallel.py) -------------
+
+_MPI_CHUNK = 1 << 30  # elements per MPI_Allreduce call: MPI counts are C ints
+
+
+@_inline
+def all_reduce_h32(buf, n, handles, datatype):
+    """buf[0:n] summed over the communicator's processes, in place (MPI_IN_PLACE): MPI handles
+    32 bits wide (MPICH and its ABI: Intel MPI, MVAPICH ...). handles: communicator,
+    MPI_FLOAT, MPI_DOUBLE, MPI_SUM, MPI_IN_PLACE, read at run time; datatype: 1 or 2, the
+    entry for buf's type. Returns 3 (STATUS_COLLECTIVE) when MPI reports an error."""
+    if handles[0] == 0:  # no communicator: one process, the sum is the values themselves
+        return 0
+    done = 0
+    while done < n:
+        k = min(n - done, _MPI_CHUNK)
+        if mpi_allreduce_h32(handles[4], offset(buf, done), k, handles[datatype], handles[3],
+                             handles[0]) != 0:
+            return 3
+        done += k
+    return 0
+
+
+@_inline
+def all_reduce_h64(buf, n, handles, datatype):
+    """all_reduce_h32 for MPI libraries whose handles are pointers (Open MPI, the MPI 5 ABI)."""
+    if handles[0] == 0:  # no communicator: one process, the sum is the values themselves
+        return 0
+    done = 0
+    while done < n:
+        k = min(n - done, _MPI_CHUNK)
+        if mpi_allreduce_h64(handles[4], offset(buf, done), k, handles[datatype], handles[3],
+                             handles[0]) != 0:
+            return 3
+        done += k
+    return 0
+
+
 # ---- instances: the kernel module of one function for the operands' dtypes --------------------
 
 _SHORT = {"float32": "f32", "float64": "f64", "int32": "i32", "int64": "i64", "bool": "b1"}
@@ -319,8 +357,11 @@ SIGNATURES = {
     "fold": ("array array" + " int" * 12, "fold"),
     "random_uniform": ("array array array flag count", "random_uniform"),
     "check_finite": ("array count", "check_finite"),
+    "all_reduce_h32": ("array count array int", "all_reduce_h32"),
+    "all_reduce_h64": ("array count array int", "all_reduce_h64"),
 }
-RETURNS_STATUS = ("check_finite", "gather", "scatter_add", "check_index")  # the rest always succeed
+RETURNS_STATUS = ("check_finite", "gather", "scatter_add", "check_index", "all_reduce_h32",
+                  "all_reduce_h64")  # the rest always succeed
 _PARAM_TYPE = {"int": "i64", "ints": "i64*", "flag": "b1", "count": "i64", "real": "f64*"}
 
 LIBRARY_HEADER = '''"""fusegrad library kernel {name}. Generated; do not edit."""

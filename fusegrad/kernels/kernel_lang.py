@@ -30,6 +30,7 @@ from __future__ import annotations
 import numpy as np
 from llvmlite import ir
 from numba import carray, cfunc, njit, types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 # ---- pointer casts: an address (int64) -> a typed pointer ---------------------------------------
@@ -116,6 +117,45 @@ def offset(typingctx, p, k):
         return builder.gep(args[0], [args[1]], inbounds=True)
 
     return p(p, k), codegen
+
+
+# ---- MPI: a data-parallel step's gradient sum calls MPI_Allreduce by name -----------------------
+
+def _mpi_allreduce(bits):
+    """mpi_allreduce_h<bits>(in_place, buf, count, datatype, op, comm) -> int64: MPI_Allreduce(
+    MPI_IN_PLACE, buf, count, datatype, op, comm), its handles passed as int64 values and
+    narrowed to the MPI library's handle type: a 32-bit int (MPICH's ABI) or a pointer (Open
+    MPI, the MPI 5 ABI). The symbol is resolved when the code is loaded, in the MPI library
+    mpi4py loaded (fusegrad/distributed.py binds it), so no address is compiled in."""
+
+    @intrinsic
+    def mpi_allreduce(typingctx, in_place, buf, count, datatype, op, comm):
+        if not isinstance(buf, types.CPointer):
+            return None
+
+        def codegen(context, builder, sig, args):
+            i8p, i32, i64 = ir.IntType(8).as_pointer(), ir.IntType(32), ir.IntType(64)
+            handle = i32 if bits == 32 else i8p
+            fnty = ir.FunctionType(i32, [i8p, i8p, i32, handle, handle, handle])
+            fn = cgutils.get_or_insert_function(builder.module, fnty, "MPI_Allreduce")
+            place, data, n, dt, o, c = args
+
+            def narrow(v):
+                return builder.trunc(v, i32) if bits == 32 else builder.inttoptr(v, i8p)
+
+            status = builder.call(fn, [builder.inttoptr(place, i8p), builder.bitcast(data, i8p),
+                                       builder.trunc(n, i32), narrow(dt), narrow(o), narrow(c)])
+            return builder.sext(status, i64)
+
+        return types.int64(in_place, buf, count, datatype, op, comm), codegen
+
+    mpi_allreduce.__name__ = f"mpi_allreduce_h{bits}"
+    return mpi_allreduce
+
+
+mpi_allreduce_h32 = _mpi_allreduce(32)
+mpi_allreduce_h64 = _mpi_allreduce(64)
+MPI_ALLREDUCE = {32: mpi_allreduce_h32, 64: mpi_allreduce_h64}
 
 
 # ---- helpers defined in kernel text: @helper (a Numba function inlined where it is called) -----

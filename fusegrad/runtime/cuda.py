@@ -74,6 +74,20 @@ class CudaBuild:
         self.executable = self  # what Runner.run reads outputs from
         self.compile_seconds = None  # measured at the first run (Numba compiles on launch)
 
+    def all_reduce(self, buf, handles):
+        """A collective in the driver: `buf` (device) summed over the processes, in place,
+        through a host copy with mpi4py (the communicator fusegrad.distributed registered for
+        the handle the table `handles` holds; handle 0, no communicator: one process)."""
+        from ..ir.interpret import COMMUNICATORS
+
+        table = handles.copy_to_host() if hasattr(handles, "copy_to_host") else handles
+        comm = int(np.asarray(table)[0])
+        if comm == 0:
+            return
+        host = buf.copy_to_host()
+        COMMUNICATORS[comm](host)
+        buf.copy_to_device(host)
+
     # ---- inputs ----
     def _name(self, k):
         return self.input_names[k] if k < len(self.input_names) else f"input {k}"

@@ -5,9 +5,10 @@
 
 Kernels are compiled to object code (compiler/native) and loaded here; the symbols they call
 outside themselves (libm's expf/tanhf..., libc's memset/memcpy that LLVM's loop idioms emit,
-BLAS sgemm/dgemm from SciPy's bundled OpenBLAS, as Numba's np.dot uses) are bound by name first:
-an object needing a symbol that cannot be resolved is refused with an error instead of letting
-LLVM abort the process.
+BLAS sgemm/dgemm from SciPy's bundled OpenBLAS, as Numba's np.dot uses; MPI_Allreduce from the
+MPI library mpi4py loaded, once fusegrad.distributed has bound it) are bound by name first: an
+object needing a symbol that cannot be resolved is refused with an error instead of letting LLVM
+abort the process.
 """
 from __future__ import annotations
 
@@ -74,9 +75,30 @@ def _bind_symbols() -> bool:
     return True
 
 
+def bind_library(path: str, symbols: dict) -> None:
+    """Make the library at `path` (already loaded by whoever found it: the MPI library mpi4py
+    loaded) a source of symbols for kernels, and pin `symbols` ({name: address}) to the very
+    functions the caller resolved there, whatever else the process has loaded. Objects are
+    cached by their text only: a symbol is bound by name in each process, never compiled in."""
+    with _lock:
+        if path:
+            llvm.load_library_permanently(path)
+        for name, address in symbols.items():
+            llvm.add_symbol(name, address)
+
+
 def missing_symbols(symbols) -> list[str]:
     _bind_symbols()
-    return [s for s in symbols if not llvm.address_of_symbol(s)]
+    missing = [s for s in symbols if not llvm.address_of_symbol(s)]
+    if any(s.startswith("MPI_") for s in missing):  # a collective: bind mpi4py's MPI library
+        from .mpi import link
+
+        try:
+            link()
+        except ImportError:
+            return missing
+        missing = [s for s in symbols if not llvm.address_of_symbol(s)]
+    return missing
 
 
 def _get_engine():
@@ -95,8 +117,10 @@ def load_object(key: str, obj: bytes, symbols, entries) -> dict:
             return hit
         missing = missing_symbols(symbols)
         if missing:
+            hint = ("; MPI symbols come from mpi4py's MPI library: pip install "
+                    "'fusegrad[mpi]'" if any(m.startswith("MPI_") for m in missing) else "")
             raise NativeLoadError(f"kernel object {key} needs symbols this process cannot "
-                                  f"resolve: {', '.join(missing)}")
+                                  f"resolve: {', '.join(missing)}{hint}")
         engine = _get_engine()
         engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
         engine.finalize_object()

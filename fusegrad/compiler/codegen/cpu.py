@@ -263,6 +263,15 @@ class _Builder(ScheduleWriter):
                                   *(Int(v) for v in shape.sizes), Flag(shape.transpose_a),
                                   Flag(shape.transpose_b))), what, loc)
 
+    def collective(self, prim, handles, out, what, loc):
+        # the library function is named by the width of the MPI library's handles, so its text
+        # (and the object compiled from it) is never shared between MPI builds; the handles
+        # themselves are read from the input table at run time
+        slot = 1 if prim.out.dtype == "float32" else 2  # MPI_FLOAT, MPI_DOUBLE in the table
+        self.library(LibCall(f"all_reduce_h{prim.attrs['handle_bits']}",
+                             (Array(out), Count(prim.out.type.size), Array(handles), Int(slot))),
+                     f"{what} all_reduce: summed over the processes", loc, check="collective")
+
     def check_loss(self, var):
         self.library(LibCall("check_finite", (Array(self.ref[var]), Count(var.type.size))),
                      f"{self.names.get(var, '%?')} is finite: before any parameter is "

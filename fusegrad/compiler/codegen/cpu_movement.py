@@ -100,6 +100,18 @@ def _copy(src, src_offset, src_strides, dst, dst_offset, dst_strides, sizes):
                                      Ints(_pad6(sizes, 1))))]
 
 
+def copy_into(src, shape, dst, at) -> list:
+    """The calls copying a C-contiguous array of `shape` into `dst` from element `at` on (an
+    operand of an all_reduce into its place in the result: codegen/schedule.py)."""
+    return _copy(src, 0, contiguous_strides(shape), dst, at, contiguous_strides(shape), shape)
+
+
+def _part(node, ins, out):  # a part that is not a view (fusion makes views where it can)
+    shape = node.out.shape
+    return _copy(ins[0], node.attrs["offset"], contiguous_strides(shape), out, 0,
+                 contiguous_strides(shape), shape)
+
+
 def _transpose(node, ins, out):
     x = node.inputs[0]
     perm = node.attrs["perm"]
@@ -228,4 +240,5 @@ MOVEMENT = {
     "random_uniform": _random_uniform,
     "reshape": _copy_through,
     "stop_gradient": _copy_through,
+    "part": _part,
 }

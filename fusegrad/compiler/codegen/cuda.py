@@ -269,6 +269,12 @@ class _Driver(ScheduleWriter):
                           f"{shape.transpose_b}){comment}")
         self.calls.append((len(self.lines) - 1, comment))
 
+    def collective(self, prim, handles, out, what, loc):
+        # MPI runs on the host: the runtime sums a host copy with mpi4py (runtime/cuda.py)
+        comment = self._comment(f"{what} all_reduce: summed over the processes", loc)
+        self.lines.append(f"rt.all_reduce({out}, {handles}){comment}")
+        self.calls.append((len(self.lines) - 1, comment))
+
     def check_loss(self, var):
         self.library.add("finite")
         self.lines.append(f"if not finite({self.ref[var]}, rt.loss_host):"

@@ -10,6 +10,7 @@ finally copies back the outputs that could not be updated in place:
     elementwise, row, ...    loop(node, ins, outs)      a kernel call         a launch (+ combine)
     multi                    multi(node, ins, outs)     one call per part     grid-stride launches
     gemm                     gemm(mm, ins, outs, g)     BLAS sgemm/dgemm      cuBLAS / tiled
+    collective               collective(prim, h, out)   MPI_Allreduce call    mpi4py on a host copy
     a lone movement op       movement(prim, calls)      library kernels       cuda_library calls
     scan                     scan(prim, ins, outs)      a dispatcher loop     (not yet)
     the loss                 check_loss(var)            check_finite call     finite() + return
@@ -27,7 +28,7 @@ from typing import NamedTuple
 from ...ir.printer import short_loc, var_names
 from ..passes.prepare import batch_suffix
 from ..passes.kernel_kinds import KERNEL_KINDS
-from .cpu_movement import MOVEMENT
+from .cpu_movement import MOVEMENT, copy_into
 
 
 class GemmShape(NamedTuple):
@@ -105,6 +106,11 @@ class ScheduleWriter:
         raise NotImplementedError(f"fg.scan does not compile for the {self.TARGET} target yet; "
                                   f"use target='cpu' or 'interpret'")
 
+    def collective(self, prim, handles, out, what, loc):
+        """all_reduce `prim`: `out` (its operands already in place) summed over the processes
+        in place; `handles` the MPI handle table input."""
+        raise NotImplementedError
+
     def check_loss(self, var):
         raise NotImplementedError
 
@@ -154,10 +160,22 @@ class ScheduleWriter:
             result = dict(zip(node.region.outputs, outs))
             self.scan(prim, prim_ins, [result.get(v) for v in prim.outputs], what, loc)
             return
+        if kind == "collective":
+            self._collective(node, prim, prim_ins, outs[0], what, loc)
+            return
         emitter = MOVEMENT.get(prim.op)
         if emitter is None:
             raise NotImplementedError(f"no {self.TARGET} emitter for a lone {prim.op} kernel")
         self.movement(prim, emitter(prim, prim_ins, outs[0]), what, loc)
+
+    def _collective(self, node, prim, ins, out, what, loc):
+        """The operands the memory plan could not have computed in their place are copied
+        there (passes/memory.py), then the one call sums the region."""
+        for (v, at, home), ref in zip(self.plan.packs[node], ins[1:]):
+            if not home:
+                calls = copy_into(ref, v.shape, out, at)
+                self.movement(prim, calls, f"{self.names.get(v, '%?')} into {what}", loc)
+        self.collective(prim, ins[0], out, what, loc)
 
     def write(self):
         """Every kernel in schedule order, the loss check, the copies back."""

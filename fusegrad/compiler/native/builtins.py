@@ -324,6 +324,33 @@ def _register_intrinsics():
         index = fl.integer(k, node)
         return V(fl.b.gep(p.ir, [convert(fl.b, index, T.INT64).ir], inbounds=True), p.t)
 
+    def mpi_row(bits):
+        def emit(fl, args, node):
+            """kernel_lang.mpi_allreduce_h32/_h64: MPI_Allreduce, its handles narrowed to the
+            MPI library's handle type (int or pointer), resolved by name at load time."""
+            if len(args) != 6 or not isinstance(args[1].t, T.Pointer):
+                raise fl.error(node, f"mpi_allreduce_h{bits}(in_place, buf, count, datatype, "
+                                     f"op, comm) with buf a pointer")
+            b = fl.b
+            i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+            handle = i32 if bits == 32 else i8p
+            fn = fl.env.external_function(
+                "MPI_Allreduce", ir.FunctionType(i32, [i8p, i8p, i32, handle, handle, handle]))
+            place, data, n, dt, op, comm = args
+            as64 = [convert(b, v, T.INT64).ir for v in (place, n, dt, op, comm)]
+            place, n, dt, op, comm = as64
+
+            def narrow(v):
+                return b.trunc(v, i32) if bits == 32 else b.inttoptr(v, i8p)
+
+            status = b.call(fn, [b.inttoptr(place, i8p), b.bitcast(data.ir, i8p),
+                                 b.trunc(n, i32), narrow(dt), narrow(op), narrow(comm)])
+            return V(b.sext(status, ir.IntType(64)), T.INT64)
+        return emit
+
+    for bits, fn in kernel_lang.MPI_ALLREDUCE.items():
+        builtin(fn)(mpi_row(bits))
+
     builtin(kernel_lang.address)(address_row)
     builtin(kernel_lang.call_kernel)(call_row)
     builtin(kernel_lang.blas_gemm)(gemm_row)

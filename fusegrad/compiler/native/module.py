@@ -288,6 +288,12 @@ class ModuleCompiler:
         self.symbols.add(symbol)
         return self._declare(self._target(), symbol, ret.llvm(), [p.llvm() for p in params])
 
+    def external_function(self, symbol, fnty: ir.FunctionType):
+        """A function of another library (MPI_Allreduce), declared with its C type and
+        resolved by name when the object is loaded (runtime/native.py)."""
+        self.symbols.add(symbol)
+        return self._declare(self._target(), symbol, fnty.return_type, list(fnty.args))
+
     def _target(self):
         # typing passes call these too: their declarations land in the real module, where
         # unused ones cost nothing (LLVM drops them)

@@ -9,7 +9,9 @@ shape and bytes, so 0.0 and -0.0 stay apart). Attribute floats are compared by t
 (a pad value of 0.0 is not one of -0.0). Operands of commutative ops are put in a canonical
 order first (a + b and b + a merge: IEEE addition and multiplication are commutative bit for
 bit); maximum/minimum are left alone since which zero or NaN they return depends on the order.
-The surviving node is the first one, so it keeps its own `loc` and `part`.
+The surviving node is the first one, so it keeps its own `loc` and `part`. Nodes with an
+ordering effect (a collective: every process of a job must make the same calls in the same
+order) are never merged: two equal all_reduces are two calls.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from ...ir.ops import prims_where
 from .rewrite import rewrite
 
 COMMUTATIVE = frozenset(prims_where(commutative=True))  # a set: node_key runs for every node
+ORDERED = frozenset(prims_where(ordered=True))
 
 
 def _strict(value):
@@ -46,6 +49,8 @@ def cse(graph: Graph) -> Graph:
     seen = {}
 
     def rule(node, rw):
+        if node.op in ORDERED:
+            return None
         key = node_key(node)
         earlier = seen.get(key)
         if earlier is not None:

@@ -380,6 +380,13 @@ class _Partition:
                     p = self.producer.get(v)
                     if p is not None and p in self.group and self.group[p] != g:
                         deps[g].add(self.group[p])
+        # collectives (ordered nodes) keep their order: every process makes the same calls in
+        # the same sequence, or one waits forever for a call another makes later
+        ordered = sorted({self.group[n] for n in self.nodes
+                          if n in self.group and PRIMITIVES[n.op].ordered},
+                         key=lambda g: self.index[self.members[g][0]])
+        for before, after in zip(ordered, ordered[1:]):
+            deps[after].add(before)
         guard = self.producer.get(self.guard)
         if guard in self.group:
             first = self.group[guard]
@@ -466,6 +473,8 @@ def make_kernel(part: _Partition, g) -> Node:
                 inputs.setdefault(v)
     inputs = list(inputs)
     outputs = plan.outputs if plan else part.outputs_of(nodes, part.needs[g])
+    if len(nodes) == 1 and PRIMITIVES[nodes[0].op].ordered:
+        outputs = list(nodes[0].outputs)  # a collective writes its result, read or not
     attrs = {}
     if len(nodes) == 1 and nodes[0] not in part.loopable:
         # a GEMM or library calls (an elementwise node always joins a loop: were one left
@@ -496,13 +505,21 @@ def fuse(graph: Graph, multi_tensor: bool = True, guard: int | None = None) -> G
         lone = nodes[0] if len(nodes) == 1 else None
         if lone is not None and (lone.op == "constant" or (
                 PRIMITIVES[lone.op].loop == "view"
-                and part.producer.get(lone.inputs[0]) not in part.free)):
+                and part.producer.get(lone.inputs[0]) not in part.free) or _part_view(part, lone)):
             kernels.append(lone)  # data, or a view of a buffer: no code runs
         else:
             kernels.append(make_kernel(part, g))
     if multi_tensor:
         kernels = _group_updates(kernels)
     return graph.replace(nodes=tuple(kernels))
+
+
+def _part_view(part: _Partition, node) -> bool:
+    """A part of an all_reduce's result: a view of that result's buffer (passes/memory.py)."""
+    if node.op != "part":
+        return False
+    producer = part.producer.get(node.inputs[0])
+    return producer is not None and producer.op == "all_reduce"
 
 
 def _group_updates(kernels):

@@ -35,6 +35,9 @@ _ROWS = (
     KernelKind("gemm", False, False, None, "one matmul, a BLAS call"),
     KernelKind("opaque", False, False, None,
                "one data-movement primitive (slice, pad, gather, unfold, transpose, ...)"),
+    KernelKind("collective", False, False, None,
+               "one all_reduce: its operands placed one after another in one buffer (the memory "
+               "plan), summed over the processes in place by one call (MPI_Allreduce)"),
     # in place part by part: an output may take the buffer of an input only its own part reads
     KernelKind("scan", False, False, None,
                "a loop (fg.scan): the body's own program run `length` times"),

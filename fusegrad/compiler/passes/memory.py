@@ -8,7 +8,15 @@ parameters and optimizer state are written into their own storage when nothing r
 value afterwards. Every arena buffer is carved from one allocation made once, so a step
 allocates nothing.
 
-    storage kinds:  ("arena", buffer)  ("input", i)  ("const", node)  ("view", base Var)
+A collective (an all_reduce: the gradient sum of a data-parallel step) sums its operands as one
+region, in place: its result's buffer is taken when the first operand is computed, each operand
+is written straight into its place there (a BufferPart) when nothing reads it after the
+collective, and the parts of the result are views of it. An operand that cannot be (a graph
+input, a value read later, one operand twice) is copied into its place before the call
+(`packs` says which).
+
+    storage kinds:  ("arena", buffer or BufferPart)  ("input", i)  ("const", node)
+                    ("view", base Var)
 """
 from __future__ import annotations
 
@@ -23,6 +31,7 @@ import numpy as np
 from .kernel_kinds import KERNEL_KINDS
 from .loopspace import infer_maps, space_for
 from ...ir import PRIMITIVES, interpret
+from ...ir.ops import packed_offsets
 
 ALIGN = 64  # bytes: keeps every buffer on a cache line (and SIMD-aligned)
 
@@ -45,6 +54,35 @@ class Buffer:
     values: list = field(default_factory=list)  # (Var, first kernel, last kernel)
 
 
+@dataclass(eq=False)
+class BufferPart:
+    """Bytes [at, at + nbytes) of a buffer: an operand of a collective in its place in the
+    result, or a part of the result. Reads like a Buffer (.offset, .index, .nbytes)."""
+    parent: Buffer
+    at: int
+    nbytes: int
+
+    @property
+    def offset(self) -> int:
+        return self.parent.offset + self.at
+
+    @property
+    def index(self) -> str:
+        return f"{self.parent.index}+{self.at}"
+
+
+@dataclass(eq=False)
+class Pack:
+    """One collective's operands in its result: (operand Var, element offset, written in place
+    by its producer, so no copy) each."""
+    result: object  # the collective's output Var
+    kernel: int  # the collective's position in the schedule
+    operands: list
+
+    def __iter__(self):
+        return iter(self.operands)
+
+
 @dataclass
 class MemoryPlan:
     graph: object  # the fused Graph
@@ -53,6 +91,7 @@ class MemoryPlan:
     naive_bytes: int
     in_place: list  # (kernel index, input Var, output Var)
     copies_back: list  # (output index, input index): aliased outputs that could not be in place
+    packs: dict = field(default_factory=dict)  # collective kernel node -> Pack
 
     @property
     def peak_bytes(self) -> int:
@@ -90,6 +129,13 @@ class MemoryPlan:
         if self.copies_back:
             lines.append("  copied back after the step: " + ", ".join(
                 self.graph.input_names[i] for _, i in self.copies_back))
+        for pack in self.packs.values():
+            b = self.storage[pack.result][1]
+            lines.append(f"  summed over processes in buf{b.index} ({names.get(pack.result, '?')}"
+                         f"): " + ", ".join(
+                             f"{names.get(v, '?')} at +{at}"
+                             f"{' (written there)' if home else ' (copied there)'}"
+                             for v, at, home in pack))
         return "\n".join(lines)
 
 
@@ -173,6 +219,44 @@ def _region_values(region) -> list:
     return [*region.inputs, *(v for n in region.nodes for v in n.outputs)]
 
 
+def _part_of(node):
+    """(the array it is part of, byte offset) for a top-level part node (fusion leaves one as a
+    view of an all_reduce's result), else None."""
+    if node.op != "part":
+        return None
+    return node.inputs[0], node.attrs["offset"] * np.dtype(node.out.dtype).itemsize
+
+
+def _collective_operands(node) -> list:
+    """The operand Vars of a collective kernel's all_reduce, by position (one may repeat)."""
+    (prim,) = node.region.nodes
+    outer = dict(zip(node.region.inputs, node.inputs))
+    return [outer[v] for v in prim.inputs[1:]]
+
+
+def _packs(nodes, storage, root, owners_last):
+    """Each collective kernel's Pack, and {root Var: (Pack, byte offset)} of the operands that
+    their producers write straight into their place: computed by a kernel before the
+    collective, read by nothing after it, and not placed yet (an input, a constant, an operand
+    already placed twice over)."""
+    packs, homes = {}, {}
+    produced = {v: k for k, n in enumerate(nodes) if n.op == "kernel" for v in n.outputs}
+    for k, n in enumerate(nodes):
+        if n.op != "kernel" or n.attrs["kind"] != "collective":
+            continue
+        operands = _collective_operands(n)
+        offsets, _ = packed_offsets([v.type for v in operands])
+        pack = packs[n] = Pack(n.out, k, [])
+        for v, at in zip(operands, offsets):
+            r = root.get(v, v)
+            home = (r not in storage and r not in homes and produced.get(r, k) < k
+                    and owners_last.get(r) == k and r.type.nbytes == v.type.nbytes)
+            if home:
+                homes[r] = (pack, at * np.dtype(v.dtype).itemsize)
+            pack.operands.append((v, at, home))
+    return packs, homes
+
+
 def _readers(graph):
     """Kernel index of every read of every Var; a read of a view (a top-level reshape) counts
     as a read of the Var it views too."""
@@ -195,6 +279,7 @@ def plan_memory(graph) -> MemoryPlan:
     reads = _readers(graph)
     storage: dict = {v: ("input", i) for i, v in enumerate(graph.inputs)}
     root = {}  # view -> the Var that owns the storage
+    parts = {}  # part of a collective's result -> (that result, byte offset)
     for n in nodes:
         if n.op == "constant":
             storage[n.out] = ("const", n)
@@ -202,12 +287,27 @@ def plan_memory(graph) -> MemoryPlan:
             base = n.inputs[0]
             root[n.out] = root.get(base, base)
             storage[n.out] = ("view", root[n.out])
+        elif _part_of(n) is not None:
+            parts[n.out] = _part_of(n)
     owners_last = {}
     for v, ks in reads.items():
         r = root.get(v, v)
         owners_last[r] = max(owners_last.get(r, -1), max(ks))
     for v in graph.outputs:
         owners_last[root.get(v, v)] = end
+    for p, (whole, _) in parts.items():  # the result lives as long as any part of it is read
+        if p in owners_last:
+            owners_last[whole] = max(owners_last.get(whole, -1), owners_last[p])
+    packs, homes = _packs(nodes, storage, root, owners_last)
+    first_home = {}  # kernel index -> the packs whose buffer is taken there: at the kernel
+    placed = set()  # computing its first operand in place, or at the collective itself
+    for k, n in enumerate(nodes):
+        here = [homes[v][0] for v in n.outputs if v in homes] + ([packs[n]] if n in packs else [])
+        for pack in here:
+            if pack not in placed:
+                placed.add(pack)
+                first_home.setdefault(k, []).append(pack)
+    pack_buffer = {}  # Pack -> its Buffer
     output_of_input = {}
     for o, i in graph.aliases:
         output_of_input.setdefault(graph.outputs[o], i)
@@ -223,10 +323,28 @@ def plan_memory(graph) -> MemoryPlan:
         if n.op != "kernel":
             continue
         free.extend(live.release_before(k))
+        for pack in first_home.get(k, ()):  # a collective's result, held from its first operand
+            size = _aligned(pack.result.type.nbytes)
+            b = free.take(size)
+            if b is None:
+                b = Buffer(len(buffers), size)
+                buffers.append(b)
+            pack_buffer[pack] = b
+            live.hold(b, max(pack.kernel, owners_last.get(pack.result, pack.kernel)))
         taken = set()
         for v in n.outputs:
             naive += _aligned(v.type.nbytes)
             last = owners_last.get(v, k)  # an unread value dies in its own kernel
+            home = homes.get(v)
+            if home is not None:  # an operand of a collective, computed in its place
+                pack, at = home
+                storage[v] = ("arena", BufferPart(pack_buffer[pack], at, v.type.nbytes))
+                continue
+            if n in packs:  # the collective's result: the buffer its operands are in
+                b = pack_buffer[packs[n]]
+                storage[v] = ("arena", b)
+                b.values.append((v, k, max(last, k)))
+                continue
             i = output_of_input.get(v)
             if i is not None:
                 param = graph.inputs[i]
@@ -252,6 +370,10 @@ def plan_memory(graph) -> MemoryPlan:
             storage[v] = ("arena", b)
             b.values.append((v, k, last))
             live.hold(b, last)
+    for p, (whole, at) in parts.items():
+        kind, b = storage[whole]
+        assert kind == "arena", "a part of something else than a collective's result"
+        storage[p] = ("arena", BufferPart(b, at, p.type.nbytes))
     # aliased outputs not written in place (read later, or the same value replacing two inputs)
     for o, i in graph.aliases:
         if storage.get(graph.outputs[o]) != ("input", i):
@@ -260,7 +382,7 @@ def plan_memory(graph) -> MemoryPlan:
     for b in buffers:
         b.offset = offset
         offset += b.nbytes
-    return MemoryPlan(graph, storage, buffers, naive, in_place, copies_back)
+    return MemoryPlan(graph, storage, buffers, naive, in_place, copies_back, packs)
 
 
 class _LiveBuffers:
