@@ -34,8 +34,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 WORKLOADS = ("mlp-small", "mlp-large", "ln-mlp", "cnn")
-MODELS = ("transformer-2L", "transformer-8L", "lstm-16", "lstm-64", "resnet-bn", "mnist-net")
-RATIOS = (("transformer-8L", "transformer-2L", 1.3), ("lstm-64", "lstm-16", 1.5))
+MODELS = ("transformer-2L", "transformer-8L", "lstm-16", "lstm-64", "lstm-scan-16", "lstm-scan-64",
+          "resnet-bn", "mnist-net")
+RATIOS = (("transformer-8L", "transformer-2L", 1.3), ("lstm-64", "lstm-16", 1.5),
+          ("lstm-scan-64", "lstm-scan-16", 1.05))
 
 
 # ---- the child: one first call in this process --------------------------------------------------

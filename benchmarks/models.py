@@ -88,9 +88,11 @@ def transformer_lm(layers=2, d=32, heads=2, vocab=65, block=16, batch=4) -> Mode
 
 # ---- LSTM language model (word_language_model) ------------------------------------------------
 
-def lstm_lm(steps=16, hidden=32, emb=32, vocab=50, batch=8, per_step_loss=False) -> Model:
+def lstm_lm(steps=16, hidden=32, emb=32, vocab=50, batch=8, per_step_loss=False,
+            scan=False) -> Model:
     """With per_step_loss the loss adds a cross-entropy per time step (as hand-written LSTM
-    loops often do); otherwise one cross-entropy over all steps, as word_language_model."""
+    loops often do); otherwise one cross-entropy over all steps, as word_language_model. With
+    scan, the time loop is fg.scan (traced once) instead of a Python loop (unrolled)."""
 
     def params():
         rng = np.random.default_rng(0)
@@ -99,6 +101,22 @@ def lstm_lm(steps=16, hidden=32, emb=32, vocab=50, batch=8, per_step_loss=False)
                 "wx": _normal(rng, (emb, 4 * hidden), s), "wh": _normal(rng, (hidden, 4 * hidden), s),
                 "b": np.zeros(4 * hidden, np.float32),
                 "dec_w": _normal(rng, (hidden, vocab), s), "dec_b": np.zeros(vocab, np.float32)}
+
+    def cell(p, state, x_t):
+        h, c = state
+        gates = x_t @ p["wx"] + h @ p["wh"] + p["b"]
+        i, f, g, o = fg.split(gates, 4, axis=-1)
+        c = fg.sigmoid(f) * c + fg.sigmoid(i) * fg.tanh(g)
+        h = fg.sigmoid(o) * fg.tanh(c)
+        return (h, c), h
+
+    def scan_loss(p, ids, targets):
+        B = ids.shape[0]
+        x = fg.swapaxes(fg.embedding(ids, p["emb"]), 0, 1)  # (T, B, emb): scan over time
+        zeros = np.zeros((B, hidden), np.float32)
+        _, hs = fg.scan(lambda state, x_t: cell(p, state, x_t), (zeros, zeros), x)
+        hs = fg.reshape(fg.swapaxes(hs, 0, 1), (B * steps, hidden))
+        return fg.cross_entropy(hs @ p["dec_w"] + p["dec_b"], fg.reshape(targets, (-1,)))
 
     def loss(p, ids, targets):
         B = ids.shape[0]
@@ -128,8 +146,9 @@ def lstm_lm(steps=16, hidden=32, emb=32, vocab=50, batch=8, per_step_loss=False)
         ids = rng.integers(0, vocab, (batch, steps + 1))
         return ids[:, :-1].copy(), ids[:, 1:].copy()
 
-    name = f"lstm-{steps}" + ("-steploss" if per_step_loss else "")
-    return Model(name, loss, params, data, lambda: fg.optim.SGD(lr=0.5))
+    name = f"lstm-{'scan-' if scan else ''}{steps}" + ("-steploss" if per_step_loss else "")
+    return Model(name, scan_loss if scan else loss, params, data,
+                 lambda: fg.optim.SGD(lr=0.5))
 
 
 # ---- ResNet with batch norm ---------------------------------------------------------------------
@@ -218,6 +237,8 @@ MODELS = {
     "transformer-8L": lambda: transformer_lm(8),
     "lstm-16": lambda: lstm_lm(16),
     "lstm-64": lambda: lstm_lm(64),
+    "lstm-scan-16": lambda: lstm_lm(16, scan=True),
+    "lstm-scan-64": lambda: lstm_lm(64, scan=True),
     "resnet-bn": resnet_bn,
     "mnist-net": mnist_net,
 }

@@ -264,6 +264,25 @@ def jax_lstm(p, ids, targets):
     return _jax_cross_entropy(logits, targets.reshape(-1))
 
 
+def jax_lstm_scan(p, ids, targets):
+    """The same cell under jax.lax.scan, traced once, as models.lstm_lm(scan=True)."""
+    B, T = ids.shape
+    H = p["wh"].shape[0]
+    x = jnp.swapaxes(p["emb"][ids], 0, 1)
+
+    def cell(state, x_t):
+        h, c = state
+        i, f, g, o = jnp.split(x_t @ p["wx"] + h @ p["wh"] + p["b"], 4, axis=1)
+        c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+        h = jax.nn.sigmoid(o) * jnp.tanh(c)
+        return (h, c), h
+
+    zeros = jnp.zeros((B, H), jnp.float32)
+    _, hs = jax.lax.scan(cell, (zeros, zeros), x)
+    logits = jnp.swapaxes(hs, 0, 1).reshape(B * T, H) @ p["dec_w"] + p["dec_b"]
+    return _jax_cross_entropy(logits, targets.reshape(-1))
+
+
 def _jax_batch_norm(x, g, b, eps=1e-5):
     mean = x.mean((0, 2, 3), keepdims=True)
     var = ((x - mean) ** 2).mean((0, 2, 3), keepdims=True)
@@ -294,7 +313,8 @@ def jax_mnist(p, x, y, mask1, mask2):
 
 
 JAX_LOSSES = {"transformer-2L": jax_transformer, "transformer-8L": jax_transformer,
-              "lstm-16": jax_lstm, "lstm-64": jax_lstm, "resnet-bn": jax_resnet,
+              "lstm-16": jax_lstm, "lstm-64": jax_lstm, "lstm-scan-16": jax_lstm_scan,
+              "lstm-scan-64": jax_lstm_scan, "resnet-bn": jax_resnet,
               "mnist-net": jax_mnist}
 
 
@@ -431,7 +451,8 @@ def torch_mnist(p, x, y, mask1, mask2):
 
 
 TORCH_LOSSES = {"transformer-2L": torch_transformer, "transformer-8L": torch_transformer,
-                "lstm-16": torch_lstm, "lstm-64": torch_lstm, "resnet-bn": torch_resnet,
+                "lstm-16": torch_lstm, "lstm-64": torch_lstm, "lstm-scan-16": torch_lstm,
+                "lstm-scan-64": torch_lstm, "resnet-bn": torch_resnet,
                 "mnist-net": torch_mnist}
 
 
