@@ -56,6 +56,9 @@ SETTINGS = {s.name: s for s in (
     Setting("FUSEGRAD_COMPILE_WORKERS", "int", None,
             "helper processes that compile kernels in parallel (0: this process only)",
             shown="cores - 1, at most 7"),
+    Setting("FUSEGRAD_NUM_THREADS", "int", None,
+            "threads a compiled CPU step runs on, its GEMMs included (fg.set_num_threads "
+            "changes it)", shown="the cores this process may use"),
     Setting("FUSEGRAD_VERIFY", "flag", False,
             "run the IR verifier after every pass and on the fused graph"),
     Setting("FUSEGRAD_CROSSCHECK", "flag", False,

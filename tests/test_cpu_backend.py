@@ -73,7 +73,8 @@ def library_calls(source: str) -> set:
 
 
 def gemm_flags(source: str) -> set:
-    return set(re.findall(r"gemm(?:_loops)?_\w+\(.*, (True|False), (True|False)\)",
+    # gemm's flags are followed by its tile counts, gemm_loops' end the call
+    return set(re.findall(r"gemm(?:_loops)?_\w+\(.*, (True|False), (True|False)(?:, \d+, \d+)?\)",
                           run_body(source)))
 
 
@@ -259,8 +260,8 @@ def test_row_kernel_passes_share_values_through_the_row_cache():
     t = rng.standard_normal((6, 4)).astype(np.float32)
     f = grads_cpu_and_interpreter(ln_gelu_loss, ln_gelu_params(), x, t)
     kernels = f.source().split("# ---- kernel", 1)[1]
-    stores = re.findall(r"rc\[(\d+) \* C \+ j\] = ", kernels)
-    loads = re.findall(r"\(rc\[(\d+) \* C \+ j\]\)  # \S+ from the row cache", kernels)
+    stores = re.findall(r"rc\[rw \+ (\d+) \* C \+ j\] = ", kernels)  # rw: this worker's cache
+    loads = re.findall(r"\(rc\[rw \+ (\d+) \* C \+ j\]\)  # \S+ from the row cache", kernels)
     assert stores and set(loads) == set(stores)
 
 
@@ -586,3 +587,12 @@ def test_strided_copies_run_over_merged_dimensions():
     assert merge_dims((20, 5, 1), (20, 5, 1), (2, 4, 5)) == ((1,), (1,), (40,))  # one run
     assert merge_dims((1, 3), (2, 1), (3, 2)) == ((1, 3), (2, 1), (3, 2))  # a transpose stays
     assert merge_dims((4, 1), (4, 1), (1, 1)) == ((0,), (0,), (1,))  # a single element
+
+
+def test_dispatcher_and_runtime_agree_on_the_block_header():
+    """The dispatcher's text and the runtime that lays out its block are in two layers that do
+    not import each other: one header size for both."""
+    from fusegrad.kernels.cpu_library import DISPATCHER_HEADER
+    from fusegrad.runtime.executable import HEADER
+
+    assert HEADER == DISPATCHER_HEADER

@@ -7,7 +7,8 @@ skips passes, fusion and code generation.
     kernels    the compile units: name and kernel-language source (each compiled once per
                machine, shared by every program that uses it: runtime/kernel_cache.py)
     entries    the schedule: which kernel, where its arguments start in the argument table,
-               and what it computes (for profiles and error messages)
+               how many workers it may be split over, and what it computes (for profiles and
+               error messages)
     arg_base, arg_offset, arg_stride
                argument k of the schedule is bases[arg_base[k]] + arg_offset[k], where bases are
                BASES below then one per input: a size is (ZERO, n), a value in the arena is
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-FORMAT = 2
+FORMAT = 3
 BASES = ("zero", "arena", "scratch", "ints", "floats", "constants")  # then the inputs
 ZERO, ARENA, SCRATCH, INTS, FLOATS, CONSTANTS = range(len(BASES))
 
@@ -54,6 +55,9 @@ class Entry:
     nargs: int
     what: str  # "%22 = gemm": the IR values it computes (no source lines: see module doc)
     check: str = ""  # for check entries: what a non-zero status means ("loss", "gradients")
+    # the most workers the call can be split over (its first two arguments are then the
+    # worker and the worker count, 0 and 1 when it runs whole); 0: it always runs whole
+    units: int = 0
 
 
 @dataclass
@@ -100,7 +104,8 @@ class CompiledProgram:
     def to_json(self) -> str:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         d["kernels"] = [[k.name, k.text] for k in self.kernels]
-        d["entries"] = [[e.kernel, e.args, e.nargs, e.what, e.check] for e in self.entries]
+        d["entries"] = [[e.kernel, e.args, e.nargs, e.what, e.check, e.units]
+                        for e in self.entries]
         d["inputs"] = [[i.name, list(i.shape), i.dtype, i.written] for i in self.inputs]
         d["outputs"] = [[o.kind, o.index, list(o.shape), o.dtype] for o in self.outputs]
         d["format"] = FORMAT

@@ -25,12 +25,27 @@ _inline = njit(inline="always", error_model="numpy", nogil=True)
 # ---- GEMM: BLAS for floats, batched by a loop; transposes are BLAS flags (no copies) ---------
 
 @_inline
-def gemm(a, b, out, batch, a_batch, b_batch, m, n, k, trans_a, trans_b):
+def gemm(w, nw, a, b, out, batch, a_batch, b_batch, m, n, k, trans_a, trans_b, tm, tn):
     """out[i] = op(a[i % a_batch]) @ op(b[i % b_batch]) for i < batch; op transposes if asked.
-    a is stored (k, m) when trans_a else (m, k); b is (n, k) when trans_b else (k, n)."""
-    for i in range(batch):
-        blas_gemm(offset(a, (i % a_batch) * m * k), offset(b, (i % b_batch) * k * n),
-                  offset(out, i * m * n), m, n, k, trans_a, trans_b)
+    a is stored (k, m) when trans_a else (m, k); b is (n, k) when trans_b else (k, n).
+    Each product is cut into tm x tn tiles, fixed when the program is compiled: worker w of nw
+    computes its share of the batch * tm * tn tiles, each with one single-threaded BLAS call,
+    so every element is computed by the same call whatever the number of workers."""
+    tiles = tm * tn
+    units = batch * tiles
+    for u in range(w * units // nw, (w + 1) * units // nw):
+        i = u // tiles
+        r = (u % tiles) // tn
+        c = u % tn
+        r0 = r * m // tm
+        r1 = (r + 1) * m // tm
+        c0 = c * n // tn
+        c1 = (c + 1) * n // tn
+        ao = (i % a_batch) * m * k + (r0 if trans_a else r0 * k)
+        bo = (i % b_batch) * k * n + (c0 * k if trans_b else c0)
+        blas_gemm(offset(a, ao), offset(b, bo), offset(out, i * m * n + r0 * n + c0),
+                  r1 - r0, c1 - c0, k, trans_a, trans_b, m if trans_a else k,
+                  k if trans_b else n, n)
 
 
 @_inline
@@ -342,7 +357,7 @@ _SHORT = {"float32": "f32", "float64": "f64", "int32": "i32", "int64": "i64", "b
 # per library function: its parameters as ("array" | "ints" | "int" | "flag" | "real" | "count")
 # in the order of its LibCall arguments (cpu_movement), then how the wrapper calls it
 SIGNATURES = {
-    "gemm": ("array array array int int int int int int flag flag", "gemm"),
+    "gemm": ("int int array array array int int int int int int flag flag int int", "gemm"),
     "gemm_loops": ("array array array int int int int int int flag flag", "gemm_loops"),
     "strided_copy": ("array int ints array int ints ints", "strided_copy"),
     "fill": ("array real count", "fill"),
@@ -398,27 +413,42 @@ def library_kernel(fn: str, dtypes: tuple) -> tuple[str, str]:
 # ---- the dispatcher: runs a program's schedule (runtime/executable.py lays out its block) ----
 
 DISPATCHER_NAME = "run_schedule"
-DISPATCHER = '''"""fusegrad's dispatcher: runs any program's kernels in order from its table. Generated
+DISPATCHER_HEADER = 7  # n, nargs, nbases, start, stop, threads, parallel_for
+_DISPATCHER_TEXT = '''"""fusegrad's dispatcher: runs any program's kernels in order from its table. Generated
 once per machine; every program shares it."""
-from fusegrad.kernels.kernel_lang import address, call_kernel, kernel
+from fusegrad.kernels.kernel_lang import address, call_kernel, helper, kernel, parallel_call
+
+
+@helper
+def run_entry(block, k, argv):
+    """Entry k: its kernel on one thread, or on min(units[k], threads) workers of the pool."""
+    n = block[0]
+    f = block[HEADER + k]
+    at = argv + 8 * block[HEADER + n + k]
+    workers = min(block[HEADER + 2 * n + k], block[5])
+    if workers > 1:
+        return parallel_call(block[6], f, at, block[HEADER + 3 * n + k], workers)
+    return call_kernel(f, at)
 
 
 @kernel("i64*")
 def run_schedule(block):
-    """block: n, nargs, nbases, start, stop | fn[n] | first argument[n] | base[nargs] |
-    offset[nargs] | stride[nargs] | bases[nbases] | args[nargs]. Computes every argument
-    (bases[base[j]] + offset[j]), then calls fn[k](args + first argument[k]) for k in
-    [start, stop). An entry whose fn is 0 is a loop (fg.scan): its arguments are the trip count,
-    the number of entries in its body (those after it) and the argument slots they span; the
-    body runs `count` times, each of its arguments advancing by its stride after every pass.
-    Returns 0, or 256 * k + status when kernel k returns a non-zero status (nothing after it
-    runs)."""
+    """block: n, nargs, nbases, start, stop, threads, parallel_for | fn[n] | first argument[n] |
+    units[n] | count[n] | base[nargs] | offset[nargs] | stride[nargs] | bases[nbases] |
+    args[nargs]. Computes every argument (bases[base[j]] + offset[j]), then calls fn[k](args +
+    first argument[k]) for k in [start, stop): on one thread, or, when units[k] > 1 and
+    threads > 1, on min(units[k], threads) workers of the thread pool (parallel_for: the
+    threading layer's entry), each with its own copy of the entry's count[k] arguments whose
+    first two are (worker, workers). An entry whose fn is 0 is a loop (fg.scan): its arguments
+    are the trip count, the number of entries in its body (those after it) and the argument
+    slots they span; the body runs `count` times, each of its arguments advancing by its
+    stride after every pass. Returns 0, or 256 * k + status when kernel k returns a non-zero
+    status (nothing after it runs)."""
     n = block[0]
     nargs = block[1]
     nbases = block[2]
-    fn = 5
-    first = fn + n
-    base = first + n
+    first = HEADER + n
+    base = HEADER + 4 * n
     off = base + nargs
     stride = off + nargs
     bases = stride + nargs
@@ -429,9 +459,8 @@ def run_schedule(block):
     k = block[3]
     stop = block[4]
     while k < stop:
-        f = block[fn + k]
-        if f != 0:
-            status = call_kernel(f, argv + 8 * block[first + k])
+        if block[HEADER + k] != 0:
+            status = run_entry(block, k, argv)
             if status != 0:
                 return 256 * k + (status & 255)
             k += 1
@@ -443,7 +472,7 @@ def run_schedule(block):
             lo = block[first + k + 1] if body > 0 else 0
             for it in range(count):
                 for kk in range(k + 1, k + 1 + body):
-                    status = call_kernel(block[fn + kk], argv + 8 * block[first + kk])
+                    status = run_entry(block, kk, argv)
                     if status != 0:
                         return 256 * kk + (status & 255)
                 for j in range(lo, lo + span):
@@ -451,3 +480,5 @@ def run_schedule(block):
             k += 1 + body
     return 0
 '''
+# the header's size is written into the text: kernel text has no module-level constants
+DISPATCHER = _DISPATCHER_TEXT.replace("HEADER", str(DISPATCHER_HEADER))

@@ -89,19 +89,126 @@ def call_kernel(typingctx, fn, args):
     return types.int64(fn, args), codegen
 
 
-# ---- GEMM: c = op(a) @ op(b) for row-major contiguous matrices; pointer arithmetic ------------
+# ---- parallel calls: one kernel entry run by several workers of Numba's thread pool --------
 
-def _gemm_reference(a, b, c, m, n, k, ta, tb):
-    """The Numba version: NumPy's dot on views (BLAS through SciPy, as Numba's np.dot)."""
+def _parallel_call_ir(builder, alloca, pfor, fn, argv, nargs, workers):
+    """LLVM IR of parallel_call, shared by the Numba intrinsic and the native compiler
+    (compiler/native/builtins.py): `workers` private copies of the argument block argv[0:nargs],
+    copy w with argv[0] = w and argv[1] = workers, each passed to the kernel entry at `fn` by
+    one worker of the threading layer Numba launched, through its parallel_for at address
+    `pfor` (an address, not a symbol: the pool is launched only when a step first runs on
+    more than one thread, runtime/threads.py). Returns the bitwise OR
+    of the workers' statuses (0: all done)."""
+    i8p, i64 = ir.IntType(8).as_pointer(), ir.IntType(64)
+    module = builder.module
+    trampoline = module.globals.get("fusegrad.parallel_worker")
+    if trampoline is None:
+        trampoline = _parallel_worker(module)
+    pfor_ty = ir.FunctionType(ir.VoidType(), [i8p] * 5 + [i64] * 3)
+    pfor = builder.inttoptr(pfor, pfor_ty.as_pointer())
+    data = alloca(i64, 5)
+    for k, v in enumerate((fn, argv, nargs, workers, ir.Constant(i64, 0))):
+        builder.store(v, builder.gep(data, [ir.Constant(i64, k)]))
+    # one index per worker: the layer hands worker w "array" pointer 0 + w * step (step 1)
+    first = alloca(i8p, 1)
+    builder.store(ir.Constant(i8p, None), first)
+    dims = alloca(i64, 1)
+    builder.store(workers, dims)
+    steps = alloca(i64, 1)
+    builder.store(ir.Constant(i64, 1), steps)
+    builder.call(pfor, [builder.bitcast(trampoline, i8p), builder.bitcast(first, i8p),
+                        builder.bitcast(dims, i8p), builder.bitcast(steps, i8p),
+                        builder.bitcast(data, i8p), ir.Constant(i64, 0), ir.Constant(i64, 1),
+                        workers])
+    return builder.load(builder.gep(data, [ir.Constant(i64, 4)]))
+
+
+def _parallel_worker(module):
+    """void worker(char **args, size_t *dims, size_t *steps, void *data), the gufunc-style
+    function the threading layer calls: for each index it is given (args[0] + k), a private
+    copy of the argument block with that index and the worker count in its first two slots,
+    then the kernel entry."""
+    i8p, i64 = ir.IntType(8).as_pointer(), ir.IntType(64)
+    i64p = i64.as_pointer()
+    fnty = ir.FunctionType(ir.VoidType(), [i8p.as_pointer(), i64p, i64p, i8p])
+    f = ir.Function(module, fnty, "fusegrad.parallel_worker")
+    f.linkage = "internal"
+    args, dims, _, raw = f.args
+    b = ir.IRBuilder(f.append_basic_block("entry"))
+    data = b.bitcast(raw, i64p)
+
+    def field(k):
+        return b.load(b.gep(data, [ir.Constant(i64, k)]))
+
+    fn, argv, nargs, workers = (field(k) for k in range(4))
+    argv = b.inttoptr(argv, i64p)
+    start = b.ptrtoint(b.load(args), i64)
+    count = b.load(dims)
+    block = b.alloca(i64, nargs)
+    entry_ty = ir.FunctionType(i64, [i64p])
+    target = b.inttoptr(fn, entry_ty.as_pointer())
+    head, copy, call, done = (f.append_basic_block(n) for n in ("head", "copy", "call", "done"))
+    pre = b.block
+    b.branch(head)
+    # for w in [start, start + count): copy the block, set (w, workers), call
+    b.position_at_end(head)
+    w = b.phi(i64)
+    w.add_incoming(start, pre)
+    b.cbranch(b.icmp_signed("<", w, b.add(start, count)), copy, done)
+    b.position_at_end(copy)
+    j = b.phi(i64)
+    j.add_incoming(ir.Constant(i64, 0), head)
+    b.store(b.load(b.gep(argv, [j])), b.gep(block, [j]))
+    j1 = b.add(j, ir.Constant(i64, 1))
+    j.add_incoming(j1, copy)
+    b.cbranch(b.icmp_signed("<", j1, nargs), copy, call)
+    b.position_at_end(call)
+    b.store(w, block)
+    b.store(workers, b.gep(block, [ir.Constant(i64, 1)]))
+    status = b.call(target, [block])
+    b.atomic_rmw("or", b.gep(data, [ir.Constant(i64, 4)]), status, "monotonic")
+    w1 = b.add(w, ir.Constant(i64, 1))
+    w.add_incoming(w1, call)
+    b.branch(head)
+    b.position_at_end(done)
+    b.ret_void()
+    return f
+
+
+@intrinsic
+def parallel_call(typingctx, pfor, fn, argv, nargs, workers):
+    """Run the kernel entry at address `fn` on `workers` workers of the thread pool whose
+    numba_parallel_for is at address `pfor`, worker w with a copy of the argument block at
+    address argv (nargs slots) whose first two slots are (w, workers); returns the OR of their
+    statuses. Workers must be at least 1 and at most the pool's threads (the dispatcher clamps
+    it)."""
+    if not all(isinstance(t, types.Integer) for t in (pfor, fn, argv, nargs, workers)):
+        return None
+
+    def codegen(context, builder, sig, a):
+        def alloca(t, n):
+            return cgutils.alloca_once(builder, t, size=n)
+
+        return _parallel_call_ir(builder, alloca, *a)
+
+    return types.int64(pfor, fn, argv, nargs, workers), codegen
+
+
+# ---- GEMM: c = op(a) @ op(b) for row-major matrices with rows lda, ldb, ldc apart ------------
+
+def _gemm_reference(a, b, c, m, n, k, ta, tb, lda, ldb, ldc):
+    """The Numba version: NumPy's dot on views (BLAS through SciPy, as Numba's np.dot). a is
+    stored (k, m) when ta else (m, k), b (n, k) when tb else (k, n), each row `ld` elements
+    after the one before (a tile of a bigger matrix)."""
     if m == 0 or n == 0:
         return
-    out = carray(c, (m, n))
+    out = carray(c, (m, ldc))[:, :n]
     if k == 0:
-        out[:] = 0
+        out[:, :] = 0
         return
-    x = carray(a, (k, m)).T if ta else carray(a, (m, k))
-    y = carray(b, (n, k)).T if tb else carray(b, (k, n))
-    np.dot(x, y, out)
+    x = carray(a, (k, lda))[:, :m].T if ta else carray(a, (m, lda))[:, :k]
+    y = carray(b, (n, ldb))[:, :k].T if tb else carray(b, (k, ldb))[:, :n]
+    out[:, :] = np.dot(np.ascontiguousarray(x), np.ascontiguousarray(y))
 
 
 blas_gemm = njit(_gemm_reference)

@@ -15,10 +15,15 @@ from __future__ import annotations
 import numpy as np
 
 from ..compiler.artifact import ARENA, BASES, CONSTANTS, FLOATS, INTS, LOOP, SCRATCH
+from . import threads
 from .native import entry_function
 
 ALIGN = 64
-_HEADER = 5  # n, nargs, nbases, start, stop
+# the block's header, as the dispatcher reads it (kernels/cpu_library.py, HEADER:
+# tests/test_cpu_backend.py checks they agree): n, nargs, nbases, start, stop, threads,
+# parallel_for
+HEADER = 7
+THREADS, PARALLEL_FOR = 5, 6
 
 
 def aligned_bytes(n: int) -> np.ndarray:
@@ -49,14 +54,20 @@ class Executable:
         for c, at in zip(p.constants, offsets):
             self.consts[at:at + c.nbytes] = np.frombuffer(np.ascontiguousarray(c).tobytes(),
                                                           np.uint8)
-        block = np.zeros(_HEADER + 2 * n + 3 * nargs + nbases + nargs, np.int64)
-        block[:_HEADER] = (n, nargs, nbases, 0, n)
-        at = _HEADER
+        block = np.zeros(HEADER + 4 * n + 3 * nargs + nbases + nargs, np.int64)
+        block[:5] = (n, nargs, nbases, 0, n)
+        block[THREADS] = 1  # until a run says otherwise
+        at = HEADER
         block[at:at + n] = [0 if e.kernel == LOOP else kernel_addresses[e.kernel]
                             for e in p.entries]
         at += n
         block[at:at + n] = [e.args for e in p.entries]
         at += n
+        block[at:at + n] = [e.units for e in p.entries]
+        at += n
+        block[at:at + n] = [e.nargs for e in p.entries]
+        at += n
+        self.parallel = any(e.units > 1 for e in p.entries)
         block[at:at + nargs] = p.arg_base
         at += nargs
         block[at:at + nargs] = p.arg_offset
@@ -142,13 +153,24 @@ class Executable:
         """Run the whole schedule; returns 0, or 256 * entry + status of the entry that
         stopped it (a failed check: nothing after it ran)."""
         self.bind(inputs)
-        return self._run(self._block_address)
+        return self._call()
+
+    def _call(self) -> int:
+        """One call into the dispatcher, on the threads fg.set_num_threads chose."""
+        n = threads.get_num_threads() if self.parallel else 1
+        if n == 1:
+            self.block[THREADS] = 1
+            return self._run(self._block_address)
+        self.block[PARALLEL_FOR] = threads.parallel_for_address()
+        with threads.RUN_LOCK:
+            self.block[THREADS] = n
+            return self._run(self._block_address)
 
     def run_entries(self, start: int, stop: int) -> int:
         """Run entries [start, stop) only (profiling), on the inputs bound last."""
         self.block[3], self.block[4] = start, stop
         try:
-            return self._run(self._block_address)
+            return self._call()
         finally:
             self.block[3], self.block[4] = 0, len(self.program.entries)
 

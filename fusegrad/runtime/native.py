@@ -40,11 +40,10 @@ def _capsule_address(capsule) -> int:
     return get_pointer(capsule, get_name(capsule))
 
 
-def _scipy_blas() -> dict:
-    """Addresses of SciPy's sgemm/dgemm (Fortran interface, 32-bit integers, as Numba's np.dot
-    uses). From the OpenBLAS library SciPy's wheels bundle, found by its file name, without
-    importing scipy.linalg (a tenth of a second at every start); else from scipy.linalg's
-    cython_blas, whatever BLAS this SciPy was built with."""
+@lru_cache(maxsize=None)
+def scipy_openblas_path() -> str | None:
+    """The OpenBLAS library SciPy's wheels bundle (scipy.libs/libscipy_openblas*.so), found by
+    its file name without importing scipy.linalg (a tenth of a second at every start)."""
     import importlib.util
     from pathlib import Path
 
@@ -52,12 +51,22 @@ def _scipy_blas() -> dict:
     if spec is not None and spec.submodule_search_locations:
         libs = Path(list(spec.submodule_search_locations)[0]).parent / "scipy.libs"
         for path in sorted(libs.glob("libscipy_openblas*.so*")):
-            try:
-                lib = ctypes.CDLL(str(path))
-                return {name: ctypes.cast(getattr(lib, f"scipy_{name}_"), ctypes.c_void_p).value
-                        for name in ("sgemm", "dgemm")}
-            except (OSError, AttributeError):
-                continue
+            return str(path)
+    return None
+
+
+def _scipy_blas() -> dict:
+    """Addresses of SciPy's sgemm/dgemm (Fortran interface, 32-bit integers, as Numba's np.dot
+    uses): from the OpenBLAS SciPy bundles; else from scipy.linalg's cython_blas, whatever
+    BLAS this SciPy was built with."""
+    path = scipy_openblas_path()
+    if path is not None:
+        try:
+            lib = ctypes.CDLL(path)
+            return {name: ctypes.cast(getattr(lib, f"scipy_{name}_"), ctypes.c_void_p).value
+                    for name in ("sgemm", "dgemm")}
+        except (OSError, AttributeError):
+            pass
     from scipy.linalg import cython_blas
 
     return {name: _capsule_address(cython_blas.__pyx_capi__[name]) for name in ("sgemm", "dgemm")}
@@ -72,6 +81,9 @@ def _bind_symbols() -> bool:
             llvm.load_library_permanently(path)
     for name, address in _scipy_blas().items():
         llvm.add_symbol(f"fusegrad_{name}", address)
+    from .threads import single_threaded_blas
+
+    single_threaded_blas()  # GEMMs are split over fusegrad's own threads (runtime/threads.py)
     return True
 
 

@@ -151,21 +151,22 @@ class _Builder(ScheduleWriter):
             raise AssertionError(f"two different kernels are both named {name}")
         return k
 
-    def call(self, kernel: int, args, what, loc="", check=""):
-        self.entries.append(Entry(kernel, len(self.arg_base), len(args), what, check))
+    def call(self, kernel: int, args, what, loc="", check="", units=0):
+        self.entries.append(Entry(kernel, len(self.arg_base), len(args), what, check, units))
         for a in args:
             self.arg_base.append(a.base)
             self.arg_offset.append(a.offset)
             self.arg_stride.append(a.stride)
         shown = f"{self.kernels[kernel].name}({', '.join(a.shown for a in args)})"
         indent = "    " if self.in_loop else ""
-        self.schedule.append(f"{indent}{shown}  # {what}" + (f" ({loc})" if loc else ""))
+        self.schedule.append(f"{indent}{shown}  # {what}" + (f" ({loc})" if loc else "")
+                             + (f"; split over up to {units} workers" if units > 1 else ""))
 
-    def library(self, call: LibCall, what, loc="", check=""):
+    def library(self, call: LibCall, what, loc="", check="", units=0):
         dtypes = tuple(h.dtype for h in call.arrays())
         name, text = library_kernel(call.fn, dtypes)
         args = [self.PASS[a.kind](self, a.value) for a in call.args]
-        self.call(self.add_kernel(name, text), args, what, loc, check)
+        self.call(self.add_kernel(name, text), args, what, loc, check, units)
 
     # how a library call's argument of each kind is passed (cpu_movement.Arg)
     PASS = {
@@ -205,29 +206,36 @@ class _Builder(ScheduleWriter):
         made = self.loops.get(key)
         if made is None:
             made = self.loops[key] = self._make_loop(node, kernel, inplace, noalias)
-        name, index, flat, partials, row_cache, fpos, ipos = made
-        space = kernel.space
-        R, C = (1, space.R * space.C) if flat else (space.R, space.C)
-        args = [self.size(R), self.size(C), *(self.pointer(r) for r in ins),
+        name, index, flat, finish, partials, row_cache, fpos, ipos = made
+        R, C, units = split(node, kernel.space, flat, bool(kernel.col_reds))
+        head = [self.size(R), self.size(C), *(self.pointer(r) for r in ins),
                 *(self.pointer(o) for k, o in enumerate(outs) if k not in inplace)]
         nch = min(R, CHUNKS)
         start = 0
         for size in partials:  # column partials (float64 scratch), then the row cache
-            args.append(self.scratch(8 * start))
+            head.append(self.scratch(8 * start))
             start += nch * C if size == "nch * C" else nch
-        if row_cache:
+        if row_cache:  # one per worker
             slots, dtype = row_cache
-            args.append(self.scratch(8 * start))
-            start += (slots * C + 1) // 2 if dtype == "f32" else slots * C
+            head.append(self.scratch(8 * start))
+            per_worker = (slots * C + 1) // 2 if dtype == "f32" else slots * C
+            start += per_worker * max(1, units)
         self.scratch_bytes = max(self.scratch_bytes, 8 * start)
         nodes = node.region.nodes
         if fpos:
-            args.append(self.float_table([nodes[k].attrs["value"].array.reshape(-1)[0]
+            head.append(self.float_table([nodes[k].attrs["value"].array.reshape(-1)[0]
                                           for k in fpos]))
         if ipos:
-            args.append(self.int_table([nodes[k].attrs["value"].array.reshape(-1)[0]
+            head.append(self.int_table([nodes[k].attrs["value"].array.reshape(-1)[0]
                                         for k in ipos]))
-        self.call(index, args, what, loc)
+        worker = [self.size(0), self.size(1)]  # (worker, workers): the whole call by default
+        if not finish:
+            self.call(index, worker + head, what, loc, units=units)
+        elif units > 1:  # the workers' shares, then the finish on one thread
+            self.call(index, worker + [Arg(ZERO, 1, "shares")] + head, what, loc, units=units)
+            self.call(index, worker + [Arg(ZERO, 2, "finish")] + head, what, loc)
+        else:
+            self.call(index, worker + [Arg(ZERO, 3, "all")] + head, what, loc)
 
     def _make_loop(self, node, kernel, inplace, noalias):
         """Generate a loop kernel's text (named by a hash of it: the same structure is the same
@@ -247,7 +255,7 @@ class _Builder(ScheduleWriter):
         position = {n: k for k, n in enumerate(node.region.nodes)}
         row_cache = ((len(kernel.row_slots), kernel._row_cache_dtype())
                      if kernel.row_slots else None)
-        return (name, index, kernel.flat, tuple(kernel.partials), row_cache,
+        return (name, index, kernel.flat, kernel.has_finish, tuple(kernel.partials), row_cache,
                 tuple(position[n] for n in kernel.consts.float_nodes),
                 tuple(position[n] for n in kernel.consts.int_nodes))
 
@@ -258,10 +266,19 @@ class _Builder(ScheduleWriter):
                                                          for u in n.outputs))}
 
     def gemm(self, mm, ins, outs, shape, what, loc):
-        fn = "gemm" if mm.out.dtype.startswith("float") else "gemm_loops"
-        self.library(LibCall(fn, (Array(ins[0]), Array(ins[1]), Array(outs[0]),
-                                  *(Int(v) for v in shape.sizes), Flag(shape.transpose_a),
-                                  Flag(shape.transpose_b))), what, loc)
+        if not mm.out.dtype.startswith("float"):
+            self.library(LibCall("gemm_loops", (Array(ins[0]), Array(ins[1]), Array(outs[0]),
+                                                *(Int(v) for v in shape.sizes),
+                                                Flag(shape.transpose_a),
+                                                Flag(shape.transpose_b))), what, loc)
+            return
+        tm, tn = gemm_tiles(shape)
+        units = shape.batch * tm * tn
+        self.library(LibCall("gemm", (Int(0), Int(1), Array(ins[0]), Array(ins[1]),
+                                      Array(outs[0]), *(Int(v) for v in shape.sizes),
+                                      Flag(shape.transpose_a), Flag(shape.transpose_b),
+                                      Int(tm), Int(tn))),
+                     what, loc, units=min(units, MAX_UNITS) if units > 1 else 0)
 
     def collective(self, prim, handles, out, what, loc):
         # the library function is named by the width of the MPI library's handles, so its text
@@ -401,6 +418,65 @@ class _Builder(ScheduleWriter):
             else:
                 out.append(Output("const", consts.index(where.out), tuple(v.shape), v.dtype))
         return out
+
+
+# ---- splitting a loop kernel's call over workers -----------------------------------------------
+
+# A call is split only when its work pays for waking the workers: below this, one thread is
+# faster (measured: benchmarks/threads.py; a parallel call costs a few microseconds)
+PARALLEL_MIN_BYTES = 1 << 18
+PARALLEL_MIN_FLOPS = 1 << 18
+MAX_UNITS = 64  # the most workers a call is split over (each has a row cache of its own)
+MIN_ROW = 512  # a flat kernel's rows are regrouped to at least this many elements
+
+
+def split(node, space, flat: bool, col_reds: bool) -> tuple[int, int, int]:
+    """(R, C, units) of a loop kernel's call: the space it loops over and the most workers it
+    may be split over (0: one thread). A flat kernel (elementwise values only) may run over
+    any (R, C) with R * C elements: one row when it stays on one thread (the longest loop to
+    vectorise), else rows of at least MIN_ROW elements for the workers to share."""
+    R, C = space.R, space.C
+    big = node.attrs.get("bytes", 0) >= PARALLEL_MIN_BYTES or \
+        node.attrs.get("flops", 0) >= PARALLEL_MIN_FLOPS
+    if flat:
+        n = R * C
+        if not big:
+            return 1, n, 0
+        R, C = _rows_of(n)
+    if not big or R < 2:
+        return R, C, 0
+    units = min(R, CHUNKS) if col_reds else R
+    return R, C, min(units, MAX_UNITS)
+
+
+def _rows_of(n: int) -> tuple[int, int]:
+    """(rows, row length) for n elements: rows of at least MIN_ROW elements, as many as
+    MAX_UNITS (a divisor of n, so every row is whole); one row when n has no such divisor."""
+    for rows in range(min(MAX_UNITS, n // MIN_ROW), 1, -1):
+        if n % rows == 0:
+            return rows, n // rows
+    return 1, n
+
+
+# GEMMs: single-threaded BLAS calls on tiles fixed here, shared out to the workers (so a
+# product's every element comes from the same BLAS call whatever the number of threads: the
+# results are bitwise the same on 1 or 64 threads, which OpenBLAS's own threads do not give)
+GEMM_MIN_FLOPS = 1 << 22  # a product smaller than this stays one call on one thread
+GEMM_TILE_FLOPS = 1 << 21  # tiles are at least this much work
+GEMM_TILE_EDGE = 32  # and at least this many rows and columns
+
+
+def gemm_tiles(shape) -> tuple[int, int]:
+    """(row tiles, column tiles) of each product of a GEMM: enough tiles for MAX_UNITS
+    workers counting the batch, each at least GEMM_TILE_FLOPS and GEMM_TILE_EDGE square."""
+    m, n, k = shape.m, shape.n, shape.k
+    flops = 2 * m * n * k
+    if flops * shape.batch < GEMM_MIN_FLOPS:
+        return 1, 1
+    want = min(-(-MAX_UNITS // shape.batch), max(1, flops // GEMM_TILE_FLOPS))
+    tm = max(1, min(want, m // GEMM_TILE_EDGE))
+    tn = max(1, min(-(-want // tm), n // GEMM_TILE_EDGE))
+    return tm, tn
 
 
 def generate_cpu(program, exact_math=False, guard=None) -> GeneratedCode:

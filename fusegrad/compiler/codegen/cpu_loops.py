@@ -1,9 +1,9 @@
 """Source of one loop kernel (elementwise, row, column, row+column) in the kernel language.
 
-    @kernel("i64 i64 f32* f32* f32* f32*", fastmath=("contract",), noalias=True)
-    def row_6c70d0386e(R, C, a0, a1, o0, o1):      # every array flat; sizes are arguments
-        s3 = np.float32(kf[0])                      # SCALAR values: once per call
-        for i in range(R):
+    @kernel("i64 i64 i64 i64 f32* f32* f32* f32*", fastmath=("contract",), noalias=True)
+    def row_6c70d0386e(w, nw, R, C, a0, a1, o0, o1):   # every array flat; sizes are arguments
+        s3 = np.float32(kf[0])                      # SCALAR values: once per call (per worker)
+        for i in range(w * R // nw, (w + 1) * R // nw):   # worker w of nw: its share of rows
             base = i * C
             acc = ...                               # one loop over j per row reduction
             for j in range(C): ...
@@ -11,9 +11,14 @@
                 o0[base + j] = ...
         return 0                                    # the status: done (kernel_lang.py)
 
-Column reductions accumulate per-chunk partial rows (a fixed number of chunks, combined in a
-fixed order, so the result does not depend on threads) and are finished in a combine loop over
-j, where the elementwise work on their results runs too (e.g. a bias's optimizer update).
+A call is split over workers (the dispatcher's parallel calls) by its first two arguments: worker
+w of nw computes its share of the rows, or of the row chunks. Column reductions accumulate
+per-chunk partial rows (a fixed number of chunks, each summed in row order by whichever worker
+has it, then combined in chunk order: the result is the same for any number of workers) and
+are finished in a combine loop over j, where the elementwise work on their results runs too
+(e.g. a bias's optimizer update). A kernel with such a finish (or with per-call outputs, which
+one worker must store after every worker has read the inputs) takes a third argument, the
+phases to run: 1 the workers' share, 2 the finish, 3 both (a call on one thread).
 Every operand is loaded into a local before any output is stored, which is what makes the
 memory plan's in-place writes safe. Each line names its IR value and the user's source line.
 What a value's level is and how it is computed come from loop_nest.py, shared with CUDA; this
@@ -93,14 +98,22 @@ class LoopKernel(LoopNest):
         return (not self.reductions and all(m in (FULL, SCALAR) for m in self.maps.values())
                 and not any(n.op == "iota" for n in self.region.nodes))
 
-    def scratch_parts(self, R, C) -> list:
+    @property
+    def has_finish(self) -> bool:
+        """Work after every worker's share: a combine pass, or per-call outputs to store."""
+        return bool(self.col_reds) or any(
+            self.maps[v] == SCALAR and v not in self.after_col and v not in self.after_row
+            for v in self.out_arg)
+
+    def scratch_parts(self, R, C, workers=1) -> list:
         """[(float64 elements, view dtype or None)] of the scratch arrays a call takes after
         its operands (valid after source()): each column reduction's float64 partials, then
-        the row cache, float32 when every value it holds is (no conversions in the loops)."""
+        the row cache (one per worker), float32 when every value it holds is (no conversions
+        in the loops)."""
         nch = min(R, CHUNKS)
         parts = [(nch * C if size == "nch * C" else nch, None) for size in self.partials]
         if self.row_slots:
-            n = len(self.row_slots) * C
+            n = len(self.row_slots) * C * workers
             if self._row_cache_dtype() == "f32":
                 parts.append(((n + 1) // 2, "float32"))
             else:
@@ -122,10 +135,10 @@ class LoopKernel(LoopNest):
             return None
         if v not in self.row_slots:
             self.row_slots[v] = len(self.row_slots)
-            earlier.lines.append(f"rc[{self.row_slots[v]} * C + j] = "
+            earlier.lines.append(f"rc[rw + {self.row_slots[v]} * C + j] = "
                                  f"{earlier.names[v]}  # {self._shown(v)}: row cache")
         name = self._new("x")
-        scope.lines.append(f"{name} = {_np(v.type.dtype)}(rc[{self.row_slots[v]} * C + j])"
+        scope.lines.append(f"{name} = {_np(v.type.dtype)}(rc[rw + {self.row_slots[v]} * C + j])"
                            f"  # {self._shown(v)} from the row cache")
         scope.names[v] = name
         return name
@@ -153,8 +166,8 @@ class LoopKernel(LoopNest):
         body: list[str] = []
         S = _Scope("S")
         I = _Scope("I", S)  # noqa: E741
-        # SCALAR outputs that need no column reduction: stored once every per-call value is
-        # loaded (an output may be written over an input that a later line still reads)
+        # SCALAR outputs that need no column reduction: stored in the finish, after every
+        # worker has read the per-call values (an output may be written over an input)
         s_stores = []
         for v, names in self.out_arg.items():
             if self.maps[v] == SCALAR and v not in self.after_col and v not in self.after_row:
@@ -203,27 +216,43 @@ class LoopKernel(LoopNest):
 
         I.lines = [ln for item in I.lines
                    for ln in (item.render() if isinstance(item, _Pass) else [item])]
-        loops: list[str] = []
+        finish = self.has_finish
+        work: list[str] = []  # the workers' share
+        done: list[str] = list(s_stores)  # the finish, after every share
         if self.col_reds:
-            loops += ["nch = min(R, %d)" % CHUNKS]
-            for r in col_full + col_scalar:  # each reduction's partials start at its identity
-                size = "nch * C" if r in col_full else "nch"
-                loops += [f"for t in range({size}):",
-                          f"    {part[r]}[t] = {self.partial_init(r)}  {self._comment(r)}"]
-            loops += ["for c in range(nch):",
-                     "    for i in range(c * R // nch, (c + 1) * R // nch):",
+            head = ["nch = min(R, %d)" % CHUNKS]
+            work += ["for c in range(w * nch // nw, (w + 1) * nch // nw):"]
+            for r in col_full:  # each chunk's partials start at the reduction's identity
+                work += ["    for t in range(C):",
+                         f"        {part[r]}[c * C + t] = {self.partial_init(r)}  "
+                         f"{self._comment(r)}"]
+            for r in col_scalar:
+                work += [f"    {part[r]}[c] = {self.partial_init(r)}  {self._comment(r)}"]
+            work += ["    for i in range(c * R // nch, (c + 1) * R // nch):",
                      "        base = i * C",
                      *("        " + ln for ln in I.lines)]
-            loops += self._combine(col_full, col_scalar, part, S)
-        elif I.lines:
-            loops += ["for i in range(R):", "    base = i * C", *("    " + ln for ln in I.lines)]
-        body += S.lines + s_stores + loops  # S last: later passes hoist scalars into it
+            done += self._combine(col_full, col_scalar, part, S)
+        else:
+            head = []
+            if I.lines:
+                work += ["for i in range(w * R // nw, (w + 1) * R // nw):", "    base = i * C",
+                         *("    " + ln for ln in I.lines)]
+        if self.row_slots:  # each worker has its own row cache
+            head.append(f"rw = w * {len(self.row_slots)} * C")
+        if finish:
+            loops = head + (["if phase & 1:", *("    " + ln for ln in work)] if work else []) \
+                + (["if phase & 2:", *("    " + ln for ln in done)] if done else [])
+        else:
+            loops = head + work
+        body += S.lines + loops  # S first: later passes hoist scalars into it
         self.partials = [("nch * C" if r in col_full else "nch") for r in part]
-        params = (["R", "C", *ins, *outs] + list(part.values())
+        params = (["w", "nw"] + (["phase"] if finish else []) + ["R", "C", *ins, *outs]
+                  + list(part.values())
                   + (["rc"] if self.row_slots else [])
                   + (["kf"] if self.consts.floats else [])
                   + (["ki"] if self.consts.ints else []))
-        types = (["i64", "i64"] + [_ptr(v) for v in self.region.inputs]
+        types = (["i64", "i64"] + (["i64"] if finish else []) + ["i64", "i64"]
+                 + [_ptr(v) for v in self.region.inputs]
                  + [_ptr(self.region.outputs[k]) for k in range(len(self.region.outputs))
                     if k not in self.inplace]
                  + ["f64*"] * len(part)

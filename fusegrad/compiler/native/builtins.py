@@ -307,14 +307,14 @@ def _register_intrinsics():
         return V(fl.b.call(target, [fl.b.inttoptr(block.ir, i64.as_pointer())]), T.INT64)
 
     def gemm_row(fl, args, node):
-        if len(args) != 8:
-            raise fl.error(node, "blas_gemm(a, b, c, m, n, k, trans_a, trans_b)")
-        a, b, c, m, n, k, ta, tb = args
+        if len(args) != 11:
+            raise fl.error(node, "blas_gemm(a, b, c, m, n, k, trans_a, trans_b, lda, ldb, ldc)")
+        a, b, c, m, n, k, ta, tb, lda, ldb, ldc = args
         elem = a.t.elem if isinstance(a.t, T.Pointer) else None
         if elem not in (T.FLOAT32, T.FLOAT64) or b.t != a.t or c.t != a.t:
             raise fl.error(node, f"blas_gemm needs float32 or float64 pointers of one type, "
                                  f"got {a.t}, {b.t}, {c.t}")
-        fl.env.gemm_call(fl, elem, a, b, c, m, n, k, ta, tb)
+        fl.env.gemm_call(fl, elem, a, b, c, m, n, k, ta, tb, lda, ldb, ldc)
         return V(None, T.VOID)
 
     def offset_row(fl, args, node):
@@ -351,6 +351,19 @@ def _register_intrinsics():
     for bits, fn in kernel_lang.MPI_ALLREDUCE.items():
         builtin(fn)(mpi_row(bits))
 
+    def parallel_row(fl, args, node):
+        """kernel_lang.parallel_call: the same IR as the Numba intrinsic (kernel_lang)."""
+        _arity(args, 5, node, fl, "parallel_call")
+        pfor, fn, argv, nargs, workers = (convert(fl.b, fl.integer(a, node), T.INT64).ir
+                                          for a in args)
+
+        def alloca(t, n):
+            return fl.alloca_builder.alloca(t, ir.Constant(ir.IntType(64), n) if n > 1 else None)
+
+        return V(kernel_lang._parallel_call_ir(fl.b, alloca, pfor, fn, argv, nargs,
+                                                 workers), T.INT64)
+
+    builtin(kernel_lang.parallel_call)(parallel_row)
     builtin(kernel_lang.address)(address_row)
     builtin(kernel_lang.call_kernel)(call_row)
     builtin(kernel_lang.blas_gemm)(gemm_row)

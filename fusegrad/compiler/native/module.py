@@ -338,9 +338,10 @@ class ModuleCompiler:
         b.ret(b.select(negative, ir.Constant(ty, 0), result))
         return fn
 
-    def gemm_call(self, fl, elem, a, b_, c, m, n, k, ta, tb):
-        """c = op(a) @ op(b) (row-major) through BLAS ?gemm (Fortran interface, column-major):
-        row-major C = A B is column-major C' = B' A', so the operands swap."""
+    def gemm_call(self, fl, elem, a, b_, c, m, n, k, ta, tb, lda, ldb, ldc):
+        """c = op(a) @ op(b) (row-major, rows lda, ldb, ldc elements apart) through BLAS ?gemm
+        (Fortran interface, column-major): row-major C = A B is column-major C' = B' A', so the
+        operands swap."""
         i32, i64 = ir.IntType(32), ir.IntType(64)
         b = fl.b
         ty = elem.llvm()
@@ -370,9 +371,9 @@ class ModuleCompiler:
 
         trans = lambda flag: b.select(flag, ir.Constant(ir.IntType(8), ord("T")),  # noqa: E731
                                       ir.Constant(ir.IntType(8), ord("N")))
-        lda = at_least_one(b.select(tb, k, n))  # b' is the first operand: ldb' = row length of b
-        ldb = at_least_one(b.select(ta, m, k))
-        ldc = at_least_one(n)
+        # b' is the first operand: its leading dimension is b's row length
+        lda, ldb = at_least_one(as_i64(ldb)), at_least_one(as_i64(lda))
+        ldc = at_least_one(as_i64(ldc))
         nonempty = b.and_(b.icmp_signed(">", m, ir.Constant(i64, 0)),
                           b.icmp_signed(">", n, ir.Constant(i64, 0)))
         run = fl.llvm_fn.append_basic_block("gemm")

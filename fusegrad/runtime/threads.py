@@ -1,0 +1,159 @@
+"""How many threads a compiled step runs on, and the one pool they come from.
+
+    fg.set_num_threads(4)        # or FUSEGRAD_NUM_THREADS=4 before the first step
+    fg.get_num_threads()
+
+Parallel loop kernels run on the workers of Numba's threading layer: the dispatcher hands an
+entry to `parallel_for`, the layer's C entry, with one index per worker (kernels_lang's
+parallel_call). The pool is launched the first time a step runs on more than one thread (a
+tenth of a second, once per process); a process that stays on one thread never starts it.
+
+GEMMs call SciPy's OpenBLAS, which has a pool of its own. fusegrad sets it to one thread when
+its runtime loads and splits each big product into tiles fixed at compile time, shared out to
+the same workers (codegen/cpu.py, gemm_tiles): one pool, so BLAS threads never spin against
+the kernels' (measured 2-2.5x slower kernels right after a GEMM otherwise), and results that do
+not depend on the number of threads (OpenBLAS's own threads change a product's rounding).
+A side effect to know: scipy.linalg in the same process then runs on one thread too.
+
+Results do not depend on the number of threads: the code generator splits work only where
+every element is computed the same way by whichever worker computes it, and column reductions
+are summed in a fixed number of chunks combined in a fixed order (codegen/cpu_loops.py).
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+from functools import lru_cache
+
+from .. import config
+
+_state = {"threads": None}  # None: not set yet (FUSEGRAD_NUM_THREADS or the cores, on first use)
+_launch_lock = threading.Lock()
+# the workqueue layer is not re-entrant: two Python threads running steps at once take turns
+RUN_LOCK = threading.Lock()
+
+
+def cores() -> int:
+    """The cores this process may run on (its CPU affinity, which containers and taskset
+    narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def pool_size() -> int:
+    """The most threads a step can use: the size of Numba's pool (NUMBA_NUM_THREADS, by
+    default the machine's cores)."""
+    from numba import config as numba_config
+
+    return int(numba_config.NUMBA_NUM_THREADS)
+
+
+def get_num_threads() -> int:
+    """The threads compiled steps run on in this process."""
+    n = _state["threads"]
+    if n is None:
+        wanted = config.get("FUSEGRAD_NUM_THREADS")
+        n = (_checked(wanted, "FUSEGRAD_NUM_THREADS") if wanted is not None
+             else min(cores(), pool_size()))
+        _apply(n)
+    return n
+
+
+def set_num_threads(n: int) -> None:
+    """Run compiled steps (their parallel kernels and their GEMMs) on n threads: from 1 to the
+    pool's size (NUMBA_NUM_THREADS, set before Numba is imported, raises it)."""
+    _apply(_checked(n, "set_num_threads(n)"))
+
+
+def _checked(n, what) -> int:
+    if isinstance(n, bool) or not isinstance(n, int) and not (
+            hasattr(n, "__index__") and not isinstance(n, float)):
+        raise TypeError(f"{what}: the number of threads is an integer, got {n!r}")
+    n = int(n)
+    top = pool_size()
+    if not 1 <= n <= top:
+        raise ValueError(f"{what}: {n} threads; this process can use 1 to {top} (the size of "
+                         f"Numba's thread pool: set NUMBA_NUM_THREADS before importing "
+                         f"fusegrad for more)")
+    return n
+
+
+def _apply(n: int) -> None:
+    _state["threads"] = n
+
+
+# ---- the pool: Numba's threading layer ---------------------------------------------------------
+
+@lru_cache(maxsize=None)
+def parallel_for_address() -> int:
+    """The address of the threading layer's parallel_for, launching the pool on first call.
+    The layer is Numba's choice (NUMBA_THREADING_LAYER) unless left at its default, where
+    fusegrad asks for a fork-safe one: GNU OpenMP cannot run in a process forked from one
+    that used it, and a training script may fork (data loaders, multiprocessing)."""
+    import llvmlite.binding as llvm
+    from numba import config as numba_config
+    from numba.np.ufunc import parallel
+
+    with _launch_lock:
+        if not getattr(parallel, "_is_initialized", False) and \
+                numba_config.THREADING_LAYER == "default":
+            numba_config.THREADING_LAYER = "forksafe"
+        parallel._launch_threads()
+    address = llvm.address_of_symbol("numba_parallel_for")
+    if not address:
+        raise RuntimeError("Numba's threading layer did not register numba_parallel_for")
+    return address
+
+
+def layer() -> str:
+    """The threading layer in use ('workqueue', 'omp', 'tbb'), or 'none' before any step ran
+    on more than one thread."""
+    from numba.np.ufunc import parallel
+
+    return parallel._threading_layer if getattr(parallel, "_is_initialized", False) else "none"
+
+
+# ---- BLAS: SciPy's OpenBLAS, the library the GEMMs call (runtime/native.py) --------------------
+
+@lru_cache(maxsize=None)
+def _openblas():
+    """SciPy's bundled OpenBLAS (ctypes), or None when SciPy uses another BLAS."""
+    from .native import scipy_openblas_path
+
+    path = scipy_openblas_path()
+    if path is None:
+        return None
+    try:
+        lib = ctypes.CDLL(path)
+        setter = lib.scipy_openblas_set_num_threads
+        getter = lib.scipy_openblas_get_num_threads
+    except (OSError, AttributeError):
+        return None
+    setter.argtypes, setter.restype = [ctypes.c_int], None
+    getter.argtypes, getter.restype = [], ctypes.c_int
+    return setter, getter
+
+
+def single_threaded_blas() -> None:
+    """SciPy's OpenBLAS on one thread (the runtime does this once, before any GEMM runs)."""
+    lib = _openblas()
+    if lib is not None:
+        lib[0](1)
+
+
+def blas_threads() -> int | None:
+    lib = _openblas()
+    return lib[1]() if lib is not None else None
+
+
+def describe() -> str:
+    """One line: the threads, the layer and the BLAS threads (benchmark headers, stats)."""
+    n = get_num_threads()
+    blas = blas_threads()
+    return (f"{n} thread{'s' if n != 1 else ''} (of {cores()} cores; pool: {layer()}); "
+            f"GEMMs in tiles shared by the same threads, "
+            + (f"OpenBLAS on {blas} thread{'s' if blas != 1 else ''} per tile"
+               if blas is not None else "BLAS: not SciPy's OpenBLAS"))
