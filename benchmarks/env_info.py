@@ -60,6 +60,17 @@ def numba_threads() -> str:
     return f"numba threading layer {layer}"
 
 
+def fusegrad_threads() -> list[str]:
+    """In a process that ran fusegrad: its threads, pool and BLAS setting (runtime/threads.py)."""
+    import sys
+
+    if "fusegrad" not in sys.modules:
+        return []
+    from fusegrad.runtime import threads
+
+    return ["fusegrad: " + threads.describe()]
+
+
 def fusegrad_revision() -> str:
     """The checkout's commit, and whether fusegrad/ has uncommitted changes (read-only git)."""
     import subprocess
@@ -93,6 +104,9 @@ def header_lines() -> list[str]:
         "versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
         f"fusegrad checkout: {fusegrad_revision()}",
     ]
+    lines.append("fusegrad threads: FUSEGRAD_NUM_THREADS, else the cores this process may use; "
+                 "loop kernels and GEMM tiles on Numba's pool, SciPy's OpenBLAS on one thread "
+                 "per tile (fusegrad/runtime/threads.py)")
     lines.append(f"load average before the run: {load_average()} (on {os.cpu_count()} CPUs; "
                  f"anything above ~0.5 means other processes share the cores)")
     set_vars = [f"{k}={os.environ[k]}" for k in BLAS_ENV if k in os.environ]

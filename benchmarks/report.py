@@ -85,3 +85,29 @@ def failures(all_results) -> list[str]:
                 out.append(f"--- {workload.name} / {r.name}: {r.status}")
                 out += ["    " + t for t in tail]
     return out
+
+
+def scaling_table(by_threads: dict) -> str:
+    """Each workload's and contender's median step time per thread count, and its speed-up
+    over the first count (run.py --threads 1 2 ...)."""
+    counts = list(by_threads)
+    base = counts[0]
+    medians: dict = {}
+    for n, all_results in by_threads.items():
+        for w, results in all_results:
+            for r in results:
+                medians.setdefault((w.name, r.name), {})[n] = r.median if r.ok else None
+    head = ["workload", "contender"] + [f"{n} thr ms" for n in counts] + \
+        [f"x{n}/{base}" for n in counts[1:]]
+    rows = []
+    for (wname, cname), by_n in medians.items():
+        row = [wname, cname] + [_ms(by_n.get(n)) for n in counts]
+        for n in counts[1:]:
+            a, b = by_n.get(base), by_n.get(n)
+            row.append(f"{a / b:.2f}" if a and b else "-")
+        rows.append(row)
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
+    fmt = "  ".join(f"{{:<{w}}}" if k < 2 else f"{{:>{w}}}" for k, w in enumerate(widths))
+    lines = [f"scaling: median step time per thread count, speed-up over {base} thread(s)",
+             fmt.format(*head)] + [fmt.format(*r) for r in rows]
+    return "\n".join(lines)

@@ -5,6 +5,7 @@
     python benchmarks/run.py --workload mlp-small --workload cnn
     python benchmarks/run.py --contender fusegrad --contender "jax jit"
     python benchmarks/run.py --cold                # fresh fusegrad/inductor caches: cold compiles
+    python benchmarks/run.py --threads 1 2         # everything on 1, then 2 threads: + scaling
 
 Prints, per workload, the median step time of every contender, its ratio to fusegrad's and to
 the GEMM floor (the step's matrix products alone in NumPy's BLAS), the compile time, and whether
@@ -49,8 +50,9 @@ def parse_args(argv=None):
     ap.add_argument("--rounds", type=int,
                     help="timed rounds per workload (default: as many as fit about "
                          f"{FULL_BUDGET_SECONDS} s, at least {FULL_MIN_ROUNDS})")
-    ap.add_argument("--threads", type=int,
-                    help="run every contender on N threads pinned to the first N CPUs "
+    ap.add_argument("--threads", type=int, nargs="+",
+                    help="run every contender on N threads pinned to the first N CPUs; "
+                         "several counts run one after another and end with a scaling table "
                          "(default: each library's own choice; torch is set to 2)")
     ap.add_argument("--target", default="cpu", choices=("cpu", "cuda"),
                     help="where the steps run: cpu, or cuda (fusegrad target='cuda' and PyTorch "
@@ -89,7 +91,7 @@ def limit_threads(n: int):
     """Every worker starts with these (they are read when the libraries load) and pins
     itself to the first n CPUs (worker.py)."""
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                "NUMBA_NUM_THREADS", "BENCH_THREADS"):
+                "NUMBA_NUM_THREADS", "FUSEGRAD_NUM_THREADS", "BENCH_THREADS"):
         os.environ[var] = str(n)
 
 
@@ -101,16 +103,27 @@ def main(argv=None) -> int:
             return 1
         print(f"target cuda: {device}")
     tmp = fresh_caches() if args.cold else None
-    if args.threads:
-        limit_threads(args.threads)
     try:
-        return run(args, tmp)
+        if not args.threads:
+            run(args, tmp)
+            return 0
+        by_threads = {}
+        for n in args.threads:
+            limit_threads(n)
+            print(f"\n======== {n} thread{'s' if n != 1 else ''} ========", flush=True)
+            by_threads[n] = run(args, tmp)
+        if len(by_threads) > 1:
+            from benchmarks import report
+
+            print("\n" + report.scaling_table(by_threads), flush=True)
+        return 0
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def run(args, tmp) -> int:
+def run(args, tmp) -> list:
+    """Every workload for every contender, printed; returns [(workload, results)]."""
     from benchmarks import env_info, report
     from benchmarks.contenders import FACTORIES
     from benchmarks.timing import run_workload
@@ -176,7 +189,7 @@ def run(args, tmp) -> int:
             log(line)
     log(f"\nload average at the end {env_info.load_average()}; "
         f"total wall time {time.perf_counter() - start:.0f} s")
-    return 0
+    return all_results
 
 
 if __name__ == "__main__":

@@ -59,7 +59,8 @@ def serve(conn, name, target):
             elif cmd == "details":
                 conn.send(("ok", contender.details() if contender is not None else ""))
             elif cmd == "info":
-                conn.send(("ok", env_info.blas_info() + [env_info.numba_threads()]))
+                conn.send(("ok", env_info.blas_info() + [env_info.numba_threads()]
+                           + env_info.fusegrad_threads()))
             elif cmd == "quit":
                 conn.send(("ok", None))
                 return

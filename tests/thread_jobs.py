@@ -51,6 +51,23 @@ def rnn_params():
             "wo": (r.standard_normal((256, 10)) * 0.1).astype(np.float32)}
 
 
+def cnn_loss(p, x, y):
+    """Unfold, fold, pooling, bias broadcasts: the library's calls split over the workers."""
+    h = fg.max_pool2d(fg.relu(fg.conv2d(x, p["k1"], 1, 1, bias=p["c1"])), 2)
+    h = fg.max_pool2d(fg.relu(fg.conv2d(h, p["k2"], 1, 1, bias=p["c2"])), 2)
+    h = fg.reshape(h, (x.shape[0], 16 * 7 * 7))
+    return fg.cross_entropy(h @ p["w"], y)
+
+
+def cnn_params():
+    r = np.random.default_rng(3)
+    return {"k1": (r.standard_normal((8, 1, 3, 3)) * 0.3).astype(np.float32),
+            "c1": np.zeros(8, np.float32),
+            "k2": (r.standard_normal((16, 8, 3, 3)) * 0.1).astype(np.float32),
+            "c2": np.zeros(16, np.float32),
+            "w": (r.standard_normal((16 * 7 * 7, 10)) * 0.03).astype(np.float32)}
+
+
 def run(n_threads):
     fg.set_num_threads(n_threads)
     r = np.random.default_rng(0)
@@ -61,7 +78,9 @@ def run(n_threads):
     cases = [(mlp_loss, mlp_params, fg.optim.AdamW(lr=1e-3, weight_decay=0.01),
               (r.standard_normal((BATCH, 256)).astype(np.float32), r.integers(0, 10, BATCH))),
              (rnn_loss, rnn_params, fg.optim.SGD(lr=0.1, momentum=0.9),
-              (r.standard_normal((4, BATCH, 64)).astype(np.float32), r.integers(0, 10, BATCH)))]
+              (r.standard_normal((4, BATCH, 64)).astype(np.float32), r.integers(0, 10, BATCH))),
+             (cnn_loss, cnn_params, fg.optim.SGD(lr=0.05, momentum=0.9),
+              (r.standard_normal((37, 1, 28, 28)).astype(np.float32), r.integers(0, 10, 37)))]
     for loss_fn, make, optimizer, batch in cases:
         params = make()
         step = fg.train_step(loss_fn, optimizer)

@@ -190,10 +190,14 @@ def _gradient_checks(e: Emitter, grads, dtype) -> list:
     element is inf or NaN. The step checks them (with the loss) before it writes any parameter,
     so a non-finite gradient skips the update as a non-finite loss does. Each is a reduction
     over its gradient: where the update already reads the gradient in a reduction (global-norm
-    clipping), fusion computes both in one pass."""
+    clipping), fusion computes both in one pass. A matrix's is a sum over rows of its row sums:
+    a kernel over (rows, columns) that can be split over the threads (one long sum cannot)."""
     checks = []
     for g in grads:
-        s = e.sum(e.mul(g, 0), range(len(g.shape)))
+        zero = e.mul(g, 0)
+        if len(g.shape) >= 2:
+            zero = e.sum(zero, [len(g.shape) - 1])
+        s = e.sum(zero, range(len(zero.shape)))
         checks.append(s if s.dtype == dtype else e("cast", s, dtype=dtype))
     return checks
 

@@ -67,25 +67,42 @@ def gemm_loops(a, b, out, batch, a_batch, b_batch, m, n, k, trans_a, trans_b):
 # ---- copies: transpose, slice, broadcast, pad, concatenate ------------------------------------
 
 @_inline
-def strided_copy(src, src_offset, src_strides, dst, dst_offset, dst_strides, sizes):
+def _share(w, nw, n, split):
+    """[lo, hi) of the n indices of a loop: worker w's share when it is the split loop."""
+    if split:
+        return w * n // nw, (w + 1) * n // nw
+    return 0, n
+
+
+@_inline
+def strided_copy(w, nw, src, src_offset, src_strides, dst, dst_offset, dst_strides, sizes):
     """dst[dst_offset + sum(i_d * dst_strides[d])] = src[src_offset + sum(i_d * src_strides[d])]
     over the 6-D index space `sizes` (leading sizes 1 for lower ranks). Strides are in elements
-    and may be 0 (broadcast) or negative (reversed slices)."""
+    and may be 0 (broadcast) or negative (reversed slices). Worker w of nw copies its share of
+    the first of the five outer axes longer than 1."""
     n0, n1, n2, n3, n4, n5 = sizes[0], sizes[1], sizes[2], sizes[3], sizes[4], sizes[5]
+    d = 0
+    while d < 4 and sizes[d] == 1:
+        d += 1
+    lo0, hi0 = _share(w, nw, n0, d == 0)
+    lo1, hi1 = _share(w, nw, n1, d == 1)
+    lo2, hi2 = _share(w, nw, n2, d == 2)
+    lo3, hi3 = _share(w, nw, n3, d == 3)
+    lo4, hi4 = _share(w, nw, n4, d == 4)
     ss, ds = src_strides[5], dst_strides[5]
-    for i0 in range(n0):
+    for i0 in range(lo0, hi0):
         s0 = src_offset + i0 * src_strides[0]
         d0 = dst_offset + i0 * dst_strides[0]
-        for i1 in range(n1):
+        for i1 in range(lo1, hi1):
             s1 = s0 + i1 * src_strides[1]
             d1 = d0 + i1 * dst_strides[1]
-            for i2 in range(n2):
+            for i2 in range(lo2, hi2):
                 s2 = s1 + i2 * src_strides[2]
                 d2 = d1 + i2 * dst_strides[2]
-                for i3 in range(n3):
+                for i3 in range(lo3, hi3):
                     s3 = s2 + i3 * src_strides[3]
                     d3 = d2 + i3 * dst_strides[3]
-                    for i4 in range(n4):
+                    for i4 in range(lo4, hi4):
                         s4 = s3 + i4 * src_strides[4]
                         d4 = d3 + i4 * dst_strides[4]
                         if ds == 1 and ss == 1:  # contiguous: a loop that vectorises
@@ -166,10 +183,11 @@ def check_index(idx, out, size, n):
 # ---- reductions that are not fused loops: over the middle axis of (A, N, B) -----------------
 
 @_inline
-def reduce_middle(x, out, A, N, B, is_max):
+def reduce_middle(w, nw, x, out, A, N, B, is_max):
     """out[a, b] = sum or max over t of x[a, t, b]: t in order for each b (the interpreter's
-    order), b innermost so the loops run over contiguous memory and vectorise."""
-    for a in range(A):
+    order), b innermost so the loops run over contiguous memory and vectorise. Worker w of nw
+    reduces its share of the a."""
+    for a in range(w * A // nw, (w + 1) * A // nw):
         ob = a * B
         xb = a * N * B
         if N == 0:
@@ -227,9 +245,10 @@ def _window_range(O, s, p, j, X):
 
 
 @_inline
-def unfold(x, out, N, C, H, W, kh, kw, sh, sw, ph, pw, OH, OW):
+def unfold(w, nw, x, out, N, C, H, W, kh, kw, sh, sw, ph, pw, OH, OW):
+    """Worker w of nw unfolds its share of the N images."""
     L = OH * OW
-    for n in range(N):
+    for n in range(w * N // nw, (w + 1) * N // nw):
         for c in range(C):
             for i in range(kh):
                 ohl, ohh = _window_range(OH, sh, ph, i, H)
@@ -256,11 +275,14 @@ def unfold(x, out, N, C, H, W, kh, kw, sh, sw, ph, pw, OH, OW):
 
 
 @_inline
-def fold(cols, out, N, C, H, W, kh, kw, sh, sw, ph, pw, OH, OW):
+def fold(w, nw, cols, out, N, C, H, W, kh, kw, sh, sw, ph, pw, OH, OW):
+    """Worker w of nw folds (and first zeroes) its share of the N images."""
     L = OH * OW
-    for k in range(N * C * H * W):
+    n0 = w * N // nw
+    n1 = (w + 1) * N // nw
+    for k in range(n0 * C * H * W, n1 * C * H * W):
         out[k] = 0
-    for n in range(N):
+    for n in range(n0, n1):
         for c in range(C):
             for i in range(kh):
                 ohl, ohh = _window_range(OH, sh, ph, i, H)
@@ -355,26 +377,29 @@ def all_reduce_h64(buf, n, handles, datatype):
 _SHORT = {"float32": "f32", "float64": "f64", "int32": "i32", "int64": "i64", "bool": "b1"}
 
 # per library function: its parameters as ("array" | "ints" | "int" | "flag" | "real" | "count")
-# in the order of its LibCall arguments (cpu_movement), then how the wrapper calls it
+# in the order of its LibCall arguments (cpu_movement), then how the wrapper calls it. Those
+# that can be split over workers (SPLITTABLE) take (worker, workers) first, which the CPU code
+# generator adds (codegen/cpu.py: the LibCalls are shared with CUDA, whose library has none)
 SIGNATURES = {
     "gemm": ("int int array array array int int int int int int flag flag int int", "gemm"),
     "gemm_loops": ("array array array int int int int int int flag flag", "gemm_loops"),
-    "strided_copy": ("array int ints array int ints ints", "strided_copy"),
+    "strided_copy": ("int int array int ints array int ints ints", "strided_copy"),
     "fill": ("array real count", "fill"),
     "copy": ("array array count", "copy"),
     "gather": ("array array array int int int int", "gather"),
     "scatter_add": ("array array array int int int int", "scatter_add"),
     "check_index": ("array array int count", "check_index"),
-    "reduce_middle": ("array array int int int flag", "reduce_middle"),
+    "reduce_middle": ("int int array array int int int flag", "reduce_middle"),
     "argmax": ("array array int int int", "argmax"),
     "iota": ("array int int int", "iota"),
-    "unfold": ("array array" + " int" * 12, "unfold"),
-    "fold": ("array array" + " int" * 12, "fold"),
+    "unfold": ("int int array array" + " int" * 12, "unfold"),
+    "fold": ("int int array array" + " int" * 12, "fold"),
     "random_uniform": ("array array array flag count", "random_uniform"),
     "check_finite": ("array count", "check_finite"),
     "all_reduce_h32": ("array count array int", "all_reduce_h32"),
     "all_reduce_h64": ("array count array int", "all_reduce_h64"),
 }
+SPLITTABLE = ("gemm", "strided_copy", "reduce_middle", "unfold", "fold")
 RETURNS_STATUS = ("check_finite", "gather", "scatter_add", "check_index", "all_reduce_h32",
                   "all_reduce_h64")  # the rest always succeed
 _PARAM_TYPE = {"int": "i64", "ints": "i64*", "flag": "b1", "count": "i64", "real": "f64*"}

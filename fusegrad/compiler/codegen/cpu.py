@@ -163,6 +163,13 @@ class _Builder(ScheduleWriter):
                              + (f"; split over up to {units} workers" if units > 1 else ""))
 
     def library(self, call: LibCall, what, loc="", check="", units=0):
+        share = MOVEMENT_UNITS.get(call.fn)
+        if share is not None:  # (worker, workers) first; split when big enough
+            n, elements = share(*(a.value for a in call.args))
+            itemsize = 8 if call.arrays()[-1].dtype in ("float64", "int64") else 4
+            units = min(n, MAX_UNITS) if n > 1 and elements * itemsize >= \
+                PARALLEL_MIN_BYTES else 0
+            call = LibCall(call.fn, (Int(0), Int(1), *call.args))
         dtypes = tuple(h.dtype for h in call.arrays())
         name, text = library_kernel(call.fn, dtypes)
         args = [self.PASS[a.kind](self, a.value) for a in call.args]
@@ -449,6 +456,27 @@ def split(node, space, flat: bool, col_reds: bool) -> tuple[int, int, int]:
     return R, C, min(units, MAX_UNITS)
 
 
+def _strided_units(src, src_offset, src_strides, dst, dst_offset, dst_strides, sizes):
+    """strided_copy splits the first of its five outer axes longer than one."""
+    d = next((d for d in range(4) if sizes[d] != 1), 4)
+    total = 1
+    for n in sizes:
+        total *= n
+    return sizes[d], total
+
+
+# library calls split over workers, by the loop each worker takes a share of (cpu_library):
+# fn -> f(LibCall argument values) -> (units, elements moved)
+MOVEMENT_UNITS = {
+    "strided_copy": _strided_units,
+    "reduce_middle": lambda x, out, A, N, B, is_max: (A, A * N * B),
+    "unfold": lambda x, out, N, C, H, W, kh, kw, sh, sw, ph, pw, OH, OW:
+        (N, N * C * kh * kw * OH * OW),
+    "fold": lambda x, out, N, C, H, W, kh, kw, sh, sw, ph, pw, OH, OW:
+        (N, N * C * kh * kw * OH * OW),
+}
+
+
 def _rows_of(n: int) -> tuple[int, int]:
     """(rows, row length) for n elements: rows of at least MIN_ROW elements, as many as
     MAX_UNITS (a divisor of n, so every row is whole); one row when n has no such divisor."""
@@ -462,8 +490,8 @@ def _rows_of(n: int) -> tuple[int, int]:
 # product's every element comes from the same BLAS call whatever the number of threads: the
 # results are bitwise the same on 1 or 64 threads, which OpenBLAS's own threads do not give)
 GEMM_MIN_FLOPS = 1 << 22  # a product smaller than this stays one call on one thread
-GEMM_TILE_FLOPS = 1 << 21  # tiles are at least this much work
-GEMM_TILE_EDGE = 32  # and at least this many rows and columns
+GEMM_TILE_FLOPS = 1 << 24  # tiles are at least this much work (BLAS packs each tile afresh)
+GEMM_TILE_EDGE = 64  # and at least this many rows and columns
 
 
 def gemm_tiles(shape) -> tuple[int, int]:
