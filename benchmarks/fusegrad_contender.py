@@ -1,6 +1,8 @@
 """fusegrad's contender: the workload's loss written with fg ops, compiled by fg.train_step."""
 from __future__ import annotations
 
+import numpy as np
+
 import fusegrad as fg
 
 from benchmarks.contenders import Contender
@@ -36,7 +38,25 @@ def loss_function(w: Workload):
         h = fg.reshape(h, (w.batch, w.cnn_features()))
         return fg.cross_entropy(h @ p["w"] + p["b"], y)
 
-    return {"mlp": mlp, "ln_mlp": ln_mlp, "cnn": cnn}[w.kind]
+    def lstm(p, x, y):
+        # x: input tokens (steps, batch), time-major (see Fusegrad.setup); y: targets flattened
+        T, B = x.shape
+        H = w.lstm["hidden"]
+        emb = fg.reshape(fg.embedding(x, p["emb"]), (T * B, -1))
+        xw = fg.reshape(emb @ p["w_ih"] + (p["b_ih"] + p["b_hh"]), (T, B, 4 * H))
+
+        def cell(state, xw_t):
+            h, c = state
+            i, f, g, o = fg.split(xw_t + h @ p["w_hh"], 4, axis=-1)
+            c = fg.sigmoid(f) * c + fg.sigmoid(i) * fg.tanh(g)
+            h = fg.sigmoid(o) * fg.tanh(c)
+            return (h, c), h
+
+        zeros = np.zeros((B, H), np.float32)
+        _, hs = fg.scan(cell, (zeros, zeros), xw)   # one compiled loop over the time steps
+        return fg.cross_entropy(fg.reshape(hs, (T * B, H)) @ p["dec_w"] + p["dec_b"], y)
+
+    return {"mlp": mlp, "ln_mlp": ln_mlp, "cnn": cnn, "lstm": lstm}[w.kind]
 
 
 class Fusegrad(Contender):
@@ -49,6 +69,8 @@ class Fusegrad(Contender):
     def setup(self, params, x, y):
         w = self.workload
         opt = fg.optim.SGD(lr=w.lr) if w.optimizer == "sgd" else fg.optim.Adam(lr=w.lr)
+        if w.kind == "lstm":  # time-major tokens, flattened targets: a layout chosen once
+            x, y = np.ascontiguousarray(x.T), np.ascontiguousarray(y.T).reshape(-1)
         if self.target == "cuda":  # copied to the GPU once, as the other GPU contenders do
             params, x, y = fg.device_put((params, x, y), "cuda")
         self.params, self.x, self.y = params, x, y

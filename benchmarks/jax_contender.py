@@ -18,8 +18,29 @@ except ImportError:  # pragma: no cover - depends on the machine
     jax = None
 
 
+def lstm_logits(w, p, x):
+    """x: tokens (steps, batch) -> logits (steps * batch, vocab); the recurrence is one
+    jax.lax.scan, the input projection of all steps one product before it."""
+    T, B = x.shape
+    H = w.lstm["hidden"]
+    xw = p["emb"][x] @ p["w_ih"] + (p["b_ih"] + p["b_hh"])     # (T, B, 4H)
+
+    def cell(state, xw_t):
+        h, c = state
+        i, f, g, o = jnp.split(xw_t + h @ p["w_hh"], 4, axis=1)
+        c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+        h = jax.nn.sigmoid(o) * jnp.tanh(c)
+        return (h, c), h
+
+    zeros = jnp.zeros((B, H), jnp.float32)
+    _, hs = jax.lax.scan(cell, (zeros, zeros), xw)
+    return hs.reshape(T * B, H) @ p["dec_w"] + p["dec_b"]
+
+
 def model_loss(w, p, x, y):
-    if w.kind in ("mlp", "ln_mlp"):
+    if w.kind == "lstm":
+        h = lstm_logits(w, p, x)
+    elif w.kind in ("mlp", "ln_mlp"):
         n_dense = len(w.sizes) - 1
         h = x
         for i in range(n_dense):
@@ -62,6 +83,8 @@ class JaxJit(Contender):
     def setup(self, params, x, y):
         w = self.workload
         self.params = {k: jnp.asarray(v.copy()) for k, v in params.items()}
+        if w.kind == "lstm":  # time-major tokens, flattened targets
+            x, y = x.T.astype(np.int32), y.T.reshape(-1)
         self.x, self.y = jnp.asarray(x), jnp.asarray(y.astype(np.int32))
         grad_fn = jax.value_and_grad(lambda p, xb, yb: model_loss(w, p, xb, yb))
         if w.optimizer == "sgd":

@@ -1,7 +1,8 @@
 """Hand-written NumPy forward + backward + update, buffers preallocated where that is natural.
 
-The MLPs (ReLU), the LayerNorm+GELU MLP and the CNN (im2col convolutions, 2x2 max pooling) are
-written out layer by layer, the way a person would do backprop by hand in NumPy.
+The MLPs (ReLU), the LayerNorm+GELU MLP, the CNN (im2col convolutions, 2x2 max pooling) and the
+LSTM (backpropagation through time, numpy_lstm.py) are written out layer by layer, the way a
+person would do backprop by hand in NumPy.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 from benchmarks.contenders import Contender
 from benchmarks.numpy_backprop_common import softmax_xent_grad
 from benchmarks.numpy_cnn import NumpyCNN
+from benchmarks.numpy_lstm import NumpyLSTM
 from benchmarks.numpy_optim import make_optimizer
 from benchmarks.workloads import LN_EPS
 
@@ -125,6 +127,9 @@ class NumpyBackprop(Contender):
         self.x, self.y = x, y
         if w.kind == "cnn":
             self.net = NumpyCNN(params, w)
+        elif w.kind == "lstm":  # time-major tokens, flattened targets
+            self.x, self.y = np.ascontiguousarray(x.T), np.ascontiguousarray(y.T).reshape(-1)
+            self.net = NumpyLSTM(params, w)
         else:
             self.net = DenseNet(params, w.sizes, w.batch, layer_norm=w.kind == "ln_mlp")
         self.opt = make_optimizer(w, params)
@@ -135,4 +140,6 @@ class NumpyBackprop(Contender):
         return loss
 
     def details(self) -> str:
-        return "im2col convolutions" if self.workload.kind == "cnn" else ""
+        kind = self.workload.kind
+        return {"cnn": "im2col convolutions",
+                "lstm": "BPTT by hand, input projection of all steps in one GEMM"}.get(kind, "")

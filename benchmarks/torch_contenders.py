@@ -1,4 +1,8 @@
-"""PyTorch eager (torch.optim) and torch.compile of the whole step function, on 2 threads."""
+"""PyTorch eager (torch.optim) and torch.compile of the whole step function, on 2 threads.
+
+The dense and conv workloads are written in torch.nn.functional on a dict of parameters; the
+LSTM workload is nn.Embedding -> nn.LSTM -> nn.Linear, as a user writes it, its parameters
+set from the shared initial values (workloads.py gives the mapping)."""
 from __future__ import annotations
 
 import os
@@ -38,6 +42,36 @@ def model_loss(w, p, x, y):
     return F.cross_entropy(torch.addmm(p["b"], h, p["w"]), y)
 
 
+def lstm_model(w, params):
+    """nn.Embedding -> nn.LSTM (time-major) -> nn.Linear, from the workload's parameters."""
+    L = w.lstm
+    V, E, H = L["vocab"], L["emb"], L["hidden"]
+
+    class LSTMLM(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(V, E)
+            self.lstm = torch.nn.LSTM(E, H)
+            self.dec = torch.nn.Linear(H, V)
+
+        def forward(self, ids):          # ids (steps, batch) -> logits (steps * batch, V)
+            out, _ = self.lstm(self.emb(ids))   # h0 = c0 = 0
+            return self.dec(out.reshape(-1, H))
+
+    model = LSTMLM()
+    # the workload stores weights for x @ w; torch's layers hold (out, in)
+    mapping = {"emb.weight": params["emb"], "lstm.weight_ih_l0": params["w_ih"].T,
+               "lstm.weight_hh_l0": params["w_hh"].T, "lstm.bias_ih_l0": params["b_ih"],
+               "lstm.bias_hh_l0": params["b_hh"], "dec.weight": params["dec_w"].T,
+               "dec.bias": params["dec_b"]}
+    state = model.state_dict()
+    assert set(state) == set(mapping), sorted(state)
+    with torch.no_grad():
+        for name, t in state.items():
+            t.copy_(torch.from_numpy(mapping[name].copy()))
+    return model
+
+
 class TorchEager(Contender):
     name = "torch eager"
 
@@ -53,11 +87,18 @@ class TorchEager(Contender):
     def setup(self, params, x, y):
         w = self.workload
         dev = self.device
-        self.p = {k: torch.from_numpy(v.copy()).to(dev).requires_grad_(True)
-                  for k, v in params.items()}
+        if w.kind == "lstm":  # time-major tokens (nn.LSTM's default), flattened targets
+            x, y = x.T.copy(), y.T.reshape(-1).copy()
+            self.model = lstm_model(w, params).to(dev)
+            ps = list(self.model.parameters())
+            self.loss_fn = lambda xb, yb: F.cross_entropy(self.model(xb), yb)
+        else:
+            self.p = {k: torch.from_numpy(v.copy()).to(dev).requires_grad_(True)
+                      for k, v in params.items()}
+            ps = list(self.p.values())
+            self.loss_fn = lambda xb, yb: model_loss(w, self.p, xb, yb)
         self.x = torch.from_numpy(x).to(dev)
         self.y = torch.from_numpy(y).to(dev)
-        ps = list(self.p.values())
         if w.optimizer == "sgd":
             self.opt = torch.optim.SGD(ps, lr=w.lr)
         else:
@@ -65,11 +106,11 @@ class TorchEager(Contender):
         self.fn = self.make_step()
 
     def make_step(self):
-        w, p, opt = self.workload, self.p, self.opt
+        loss_fn, opt = self.loss_fn, self.opt
 
         def train_step(x, y):
             opt.zero_grad(set_to_none=True)
-            loss = model_loss(w, p, x, y)
+            loss = loss_fn(x, y)
             loss.backward()
             opt.step()
             return loss.detach()
