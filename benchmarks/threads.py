@@ -38,7 +38,8 @@ def profile(workload, n_threads, repeats):
     x, y = workload.batch_data()
     contender.setup(workload.init_params(), x, y)
     contender.step()
-    return contender.train_step.profile(contender.params, x, y, repeats=repeats)
+    return contender.train_step.profile(contender.params, contender.x, contender.y,
+                                        repeats=repeats)
 
 
 def main(argv=None) -> int:

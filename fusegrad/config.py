@@ -59,6 +59,9 @@ SETTINGS = {s.name: s for s in (
     Setting("FUSEGRAD_NUM_THREADS", "int", None,
             "threads a compiled CPU step runs on, its GEMMs included (fg.set_num_threads "
             "changes it)", shown="the cores this process may use"),
+    Setting("FUSEGRAD_SHARE_CORES", "flag", True,
+            "run a step on fewer threads while other processes keep some of the cores busy "
+            "(sampled twice a second; results do not depend on it)"),
     Setting("FUSEGRAD_VERIFY", "flag", False,
             "run the IR verifier after every pass and on the fused graph"),
     Setting("FUSEGRAD_CROSSCHECK", "flag", False,

@@ -191,3 +191,30 @@ def test_a_forked_process_can_train_after_its_parent_used_the_pool():
                           timeout=300, env={**os.environ, "NUMBA_NUM_THREADS": "2"})
     assert done.returncode == 0, done.stderr[-2000:]
     assert "child 0" in done.stdout, done.stdout + done.stderr[-2000:]
+
+
+def test_fewer_workers_while_other_processes_hold_the_cores(monkeypatch):
+    """Another process keeping a core busy: the next steps run on fewer threads (a worker
+    waiting for a core would stall every parallel call); FUSEGRAD_SHARE_CORES=0 keeps them."""
+    clock = {"t": 100.0, "busy": 0.0}
+    watch = threads._CoreWatch()
+    monkeypatch.setattr(threads, "_watch", watch)
+    monkeypatch.setattr(threads, "cores", lambda: 4)
+    monkeypatch.setattr(threads.time, "monotonic", lambda: clock["t"])
+    monkeypatch.setattr(threads.time, "process_time", lambda: 0.0)  # this process: idle
+    monkeypatch.setattr(threads._CoreWatch, "_machine_busy", staticmethod(lambda: clock["busy"]))
+    monkeypatch.setitem(threads._state, "threads", 4)
+    assert threads.workers_now() == 4  # no sample to compare with yet
+    clock["t"] += 1.0
+    clock["busy"] += 2.0  # two cores busy for a second, none of it ours
+    assert threads.workers_now() == 2
+    clock["t"] += 0.1  # within the interval: the last sample stands
+    clock["busy"] += 0.4
+    assert threads.workers_now() == 2
+    clock["t"] += 1.0  # the others stopped
+    assert threads.workers_now() == 4
+    clock["t"] += 1.0
+    clock["busy"] += 3.9
+    assert threads.workers_now() == 1  # never fewer than one
+    monkeypatch.setenv("FUSEGRAD_SHARE_CORES", "0")
+    assert threads.workers_now() == 4

@@ -157,7 +157,7 @@ class Executable:
 
     def _call(self) -> int:
         """One call into the dispatcher, on the threads fg.set_num_threads chose."""
-        n = threads.get_num_threads() if self.parallel else 1
+        n = threads.workers_now() if self.parallel else 1
         if n == 1:
             self.block[THREADS] = 1
             return self._run(self._block_address)
