@@ -291,6 +291,61 @@ def sum_of_broadcast(node, rw):
     return rw.broadcast_to(x, node.out.shape)
 
 
+# ---- zero padding: the gradient of slices ----------------------------------------------------
+
+def _zero_pad(rw, v):
+    """(x, pads) when v = pad(x, pads) with value 0, else None."""
+    n = rw.producer(v)
+    if n is None or n.op != "pad" or n.attrs["value"] != 0:
+        return None
+    return n.inputs[0], tuple(tuple(p) for p in n.attrs["pads"])
+
+
+def pad_nothing(node, rw):
+    """pad(x, all (0, 0)) -> x."""
+    return node.inputs[0] if all(lo == hi == 0 for lo, hi in node.attrs["pads"]) else None
+
+
+def add_adjacent_pads(node, rw):
+    """pad(a) + pad(b), zero pads along one axis placing a just before b -> pad(concatenate(
+    [a, b])): the gradient of slicing an array into pieces (an LSTM's four gates) is the sum of
+    each piece's gradient padded back with zeros; as one concatenation it is copies without the
+    zero fills and the sum. (Adding a zero may flip the sign of a zero, as x + 0 -> x.)"""
+    pa, pb = (_zero_pad(rw, v) for v in node.inputs)
+    if pa is None or pb is None or pa[0].dtype != node.out.dtype:
+        return None
+    (a, pads_a), (b, pads_b) = pa, pb
+    if len(pads_a) != len(pads_b):
+        return None
+    axes = [k for k, (x, y) in enumerate(zip(pads_a, pads_b)) if x != (0, 0) or y != (0, 0)]
+    if len(axes) != 1:
+        return None
+    k = axes[0]
+    (lo_a, _), (lo_b, _) = pads_a[k], pads_b[k]
+    if lo_b < lo_a:  # b's piece comes first
+        (a, pads_a, lo_a), (b, pads_b, lo_b) = (b, pads_b, lo_b), (a, pads_a, lo_a)
+    if lo_a + a.shape[k] != lo_b:  # not adjacent
+        return None
+    joined = rw.emit("concatenate", a, b, axis=k)
+    pads = tuple((lo_a, pads_b[k][1]) if j == k else (0, 0) for j in range(len(pads_a)))
+    value = rw.producer(node.inputs[0]).attrs["value"]  # a zero of the pads' own kind
+    return rw.emit("pad", joined, pads=pads, value=value)
+
+
+def concat_concat(node, rw):
+    """concatenate(a, concatenate(b, c), d) along one axis -> concatenate(a, b, c, d)."""
+    axis = node.attrs["axis"]
+    parts, flat = [], False
+    for v in node.inputs:
+        inner = rw.producer(v)
+        if inner is not None and inner.op == "concatenate" and inner.attrs["axis"] == axis:
+            parts += inner.inputs
+            flat = True
+        else:
+            parts.append(v)
+    return rw.emit("concatenate", *parts, axis=axis) if flat else None
+
+
 # ---- the table -------------------------------------------------------------------------------
 
 # (name, ops it applies to, rule); tried in order, the first Var returned wins
@@ -319,6 +374,9 @@ SIMPLIFY_RULES = (
     ("cast_cast", ("cast",), cast_cast),
     ("reduce_unit_axes", prims_where(loop="reduce"), reduce_unit_axes),
     ("sum_of_broadcast", ("sum",), sum_of_broadcast),
+    ("pad_nothing", ("pad",), pad_nothing),
+    ("add_adjacent_pads", ("add",), add_adjacent_pads),
+    ("concat_concat", ("concatenate",), concat_concat),
     ("implicit_broadcast",
      tuple(p.name for p in PRIMITIVES.values() if p.kind in ("binary", "compare", "select")),
      implicit_broadcast),
