@@ -33,7 +33,7 @@ split = int(0.9 * len(ids))
 train_ids, val_ids = ids[:split], ids[split:]
 
 LAYERS, D, HEADS, BLOCK, BATCH = (2, 64, 4, 32, 16) if args.quick else (4, 128, 4, 128, 32)
-STEPS, EPOCHS = (40, 1) if args.quick else (1500, 10)  # an "epoch" here: STEPS // EPOCHS steps
+STEPS, EPOCHS = (40, 1) if args.quick else (1400, 7)  # an "epoch" here: STEPS // EPOCHS steps
 HD = D // HEADS
 rng = np.random.default_rng(0)
 
