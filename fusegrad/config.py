@@ -53,6 +53,9 @@ SETTINGS = {s.name: s for s in (
             "approximations (kernels/cpu_math.py)"),
     Setting("FUSEGRAD_CACHE_DIR", "path", "~/.cache/fusegrad",
             "folder of the disk cache of compiled programs and kernels (private to its user)"),
+    Setting("FUSEGRAD_DATA", "path", "~/.cache/fusegrad/data",
+            "folder where the examples keep the data sets they fetch with a package client "
+            "(examples/datasets.py)"),
     Setting("FUSEGRAD_COMPILE_WORKERS", "int", None,
             "helper processes that compile kernels in parallel (0: this process only)",
             shown="cores - 1, at most 7"),

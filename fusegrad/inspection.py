@@ -60,14 +60,15 @@ class Inspection:
         return self._inspected(*args)[1].stats()
 
     def dump(self, directory, *args) -> str:
-        """Write every stage, the DOT graph, the fused graph, the generated code and the memory
-        plan into a folder of `directory`; returns its path."""
+        """Write every stage, the DOT graph, the fused graph (text, DOT, and SVG where
+        Graphviz's `dot` is installed), the generated code and the memory plan into a folder of
+        `directory`; returns its path."""
         from .compiler.dump import dump_program
 
         graph, runner = self._inspected(*args)
         program = runner.program
         folder = Path(dump_program(directory, self.name, program.fused, program.plan,
-                                   source=runner.source()))
+                                   source=runner.source(), svg=True))
         for stage in self.stages():
             if stage != "fused":  # dump_program wrote it
                 (folder / f"{stage}.txt").write_text(self.ir(stage, *args) + "\n")

@@ -253,3 +253,62 @@ def test_fit_trains_an_mlp_on_digits():
     assert history["best_eval"] >= 0.93
     assert accuracy(params) == history["best_eval"]
     assert history["epoch_loss"][-1] < history["epoch_loss"][0] / 3
+
+
+# ---- throughput --------------------------------------------------------------------------------
+
+
+class FakeClock:
+    """Stands in for fit's `time` module: the clock moves only when a fake step says so."""
+
+    def __init__(self):
+        self.now = 100.0
+
+    def perf_counter(self):
+        return self.now
+
+
+def test_throughput_leaves_out_the_compiling_first_call(monkeypatch):
+    import sys
+
+    clock = FakeClock()
+    monkeypatch.setattr(sys.modules["fusegrad.fit"], "time", clock)
+    calls = []
+
+    def step(params, x):  # a callable that is no TrainStep: its first call is the compile
+        calls.append(1)
+        clock.now += 30.0 if len(calls) == 1 else 0.01
+        return 1.0
+
+    data = [np.zeros((4, 2), np.float32)] * 5  # batches of 4 samples
+    history = fg.fit(step, {}, data, epochs=2, progress=False)
+    assert history["compile_seconds"] == pytest.approx(30.0)
+    # 9 steady steps of 0.01 s: 100 steps/s, 400 samples/s (with the compile: 0.3 steps/s)
+    assert history["steps_per_second"] == pytest.approx(100.0)
+    assert history["samples_per_second"] == pytest.approx(400.0)
+    assert history["step_seconds"] == pytest.approx([0.01, 0.01])
+
+
+def test_a_train_step_compiling_a_new_signature_is_left_out_too(monkeypatch):
+    import sys
+
+    clock = FakeClock()
+    monkeypatch.setattr(sys.modules["fusegrad.fit"], "time", clock)
+    real = fg.train_step(loss_fn, fg.optim.SGD(lr=0.1))
+
+    class Step:  # the real step, timed by the fake clock: a compiling call costs 5 s
+        _programs = real._programs
+
+        def __call__(self, params, x, y):
+            before = len(real._programs)
+            loss = real(params, x, y)
+            clock.now += 5.0 if len(real._programs) != before else 0.5
+            return loss
+
+    x, y = batches(1, seed=2)[0]
+    data = batches(3) + [(x[:3], y[:3])]  # the last batch smaller: a second signature
+    history = fg.fit(Step(), make_params(), data, epochs=2, progress=False)
+    assert history["compile_seconds"] == pytest.approx(10.0)  # two signatures, once each
+    # steady: batches 2-3 of epoch 1 and all 4 of epoch 2, 0.5 s each
+    assert history["steps_per_second"] == pytest.approx(2.0)
+    assert history["samples_per_second"] == pytest.approx((5 * 8 + 3) / 3.0)
