@@ -10,9 +10,19 @@ import os
 import re
 import sys
 
+import tempfile
+
 import numpy as np
 
 import fusegrad as fg
+from fusegrad.compiler.codegen import cpu
+
+# thresholds low enough that these small models split every kind of call (what is tested is
+# that splitting never changes a bit, not where it starts to pay); a fresh program cache, since
+# its key does not know the thresholds were changed
+cpu.PARALLEL_MIN_BYTES = cpu.PARALLEL_MIN_FLOPS = 1 << 16
+cpu.GEMM_MIN_FLOPS, cpu.GEMM_TILE_FLOPS, cpu.GEMM_TILE_EDGE = 1 << 16, 1 << 14, 16
+os.environ["FUSEGRAD_CACHE_DIR"] = tempfile.mkdtemp(prefix="fusegrad-thread-jobs-")
 
 BATCH = 300  # not a multiple of the 8 column-reduction chunks, nor of 2 or 3 workers
 

@@ -4,9 +4,10 @@
     fg.get_num_threads()
 
 Parallel loop kernels run on the workers of Numba's threading layer: the dispatcher hands an
-entry to `parallel_for`, the layer's C entry, with one index per worker (kernels_lang's
+entry to `parallel_for`, the layer's C entry, with one index per worker (kernel_lang's
 parallel_call). The pool is launched the first time a step runs on more than one thread (a
-tenth of a second, once per process); a process that stays on one thread never starts it.
+tenth of a second, once per process); a process that stays on one thread never starts it, and
+a process forked from one that did runs its steps on one thread.
 
 GEMMs call SciPy's OpenBLAS, which has a pool of its own. fusegrad sets it to one thread when
 its runtime loads and splits each big product into tiles fixed at compile time, shared out to
@@ -140,7 +141,9 @@ def workers_now() -> int:
     """The threads the next step runs on: get_num_threads(), fewer while other processes keep
     some of the cores busy (FUSEGRAD_SHARE_CORES=0 turns this off)."""
     n = get_num_threads()
-    if n == 1 or not config.get("FUSEGRAD_SHARE_CORES"):
+    if n == 1 or not pool_usable():
+        return 1
+    if not config.get("FUSEGRAD_SHARE_CORES"):
         return n
     free = _watch.free_cores(cores())
     return n if free is None else max(1, min(n, free))
@@ -148,25 +151,33 @@ def workers_now() -> int:
 
 # ---- the pool: Numba's threading layer ---------------------------------------------------------
 
+_pool = {"pid": None}  # the process that launched the pool
+
+
 @lru_cache(maxsize=None)
 def parallel_for_address() -> int:
-    """The address of the threading layer's parallel_for, launching the pool on first call.
-    The layer is Numba's choice (NUMBA_THREADING_LAYER) unless left at its default, where
-    fusegrad asks for a fork-safe one: GNU OpenMP cannot run in a process forked from one
-    that used it, and a training script may fork (data loaders, multiprocessing)."""
+    """The address of the threading layer's parallel_for, launching the pool on first call
+    (the layer Numba picks: OpenMP where it has it, whose threads wait spinning, so handing a
+    call to them costs ~3.5 us here against ~70 us for the workqueue layer's sleeping
+    threads; NUMBA_THREADING_LAYER chooses another)."""
     import llvmlite.binding as llvm
-    from numba import config as numba_config
     from numba.np.ufunc import parallel
 
     with _launch_lock:
-        if not getattr(parallel, "_is_initialized", False) and \
-                numba_config.THREADING_LAYER == "default":
-            numba_config.THREADING_LAYER = "forksafe"
         parallel._launch_threads()
+        if _pool["pid"] is None:
+            _pool["pid"] = os.getpid()
     address = llvm.address_of_symbol("numba_parallel_for")
     if not address:
         raise RuntimeError("Numba's threading layer did not register numba_parallel_for")
     return address
+
+
+def pool_usable() -> bool:
+    """False in a process forked from the one that launched the pool: its threads did not
+    survive the fork (and GNU OpenMP stops a child that uses it), so such a process runs its
+    steps on one thread, with the same results."""
+    return _pool["pid"] in (None, os.getpid())
 
 
 def layer() -> str:

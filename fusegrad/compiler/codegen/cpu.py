@@ -429,10 +429,13 @@ class _Builder(ScheduleWriter):
 
 # ---- splitting a loop kernel's call over workers -----------------------------------------------
 
-# A call is split only when its work pays for waking the workers: below this, one thread is
-# faster (measured: benchmarks/threads.py; a parallel call costs a few microseconds)
-PARALLEL_MIN_BYTES = 1 << 18
-PARALLEL_MIN_FLOPS = 1 << 18
+# A call is split only when its work pays for handing it to the workers. Measured with
+# benchmarks/thresholds.py (2-core VM, OpenMP layer): a parallel call costs ~3.5 us, but a
+# loop kernel whose arrays fit in one core's L2 (2 MiB) ran slower split (65K elements: 44 ->
+# 61 us: the other core pulls the data through L3), and gained from ~4 MiB of traffic up
+# (1M elements 1.35x); compute-heavy kernels (transcendentals) gain sooner.
+PARALLEL_MIN_BYTES = 1 << 22
+PARALLEL_MIN_FLOPS = 1 << 21
 MAX_UNITS = 64  # the most workers a call is split over (each has a row cache of its own)
 MIN_ROW = 512  # a flat kernel's rows are regrouped to at least this many elements
 
@@ -489,9 +492,11 @@ def _rows_of(n: int) -> tuple[int, int]:
 # GEMMs: single-threaded BLAS calls on tiles fixed here, shared out to the workers (so a
 # product's every element comes from the same BLAS call whatever the number of threads: the
 # results are bitwise the same on 1 or 64 threads, which OpenBLAS's own threads do not give)
+# (measured: a 128^3 product, 4 MFLOP, ran 1.4x faster in tiles on 2 threads; tiles ran no
+# slower than one call on one thread down to 16 rows)
 GEMM_MIN_FLOPS = 1 << 22  # a product smaller than this stays one call on one thread
-GEMM_TILE_FLOPS = 1 << 24  # tiles are at least this much work (BLAS packs each tile afresh)
-GEMM_TILE_EDGE = 64  # and at least this many rows and columns
+GEMM_TILE_FLOPS = 1 << 21  # tiles are at least this much work (BLAS packs each tile afresh)
+GEMM_TILE_EDGE = 32  # and at least this many rows and columns
 
 
 def gemm_tiles(shape) -> tuple[int, int]:
