@@ -107,12 +107,16 @@ def test_split_rules():
         def __init__(self, batch, m, n, k):
             self.batch, self.m, self.n, self.k = batch, m, n, k
 
-    assert cpu_codegen.gemm_tiles(Shape(1, 8, 8, 8)) == (1, 1)
-    tm, tn = cpu_codegen.gemm_tiles(Shape(1, 2048, 2048, 2048))
+    assert cpu_codegen.gemm_tiles(Shape(1, 8, 8, 8), 16) == (1, 1)
+    assert cpu_codegen.gemm_tiles(Shape(1, 2048, 2048, 2048), 1) == (1, 1)  # one core
+    tm, tn = cpu_codegen.gemm_tiles(Shape(1, 2048, 2048, 2048), 16)
     assert tm * tn >= 16 and 2048 // tm >= cpu_codegen.GEMM_TILE_EDGE <= 2048 // tn
-    tm, tn = cpu_codegen.gemm_tiles(Shape(1, 32, 4096, 4096))  # few rows: tiles by column
+    tm, tn = cpu_codegen.gemm_tiles(Shape(1, 32, 4096, 4096), 16)  # few rows: tiles by column
     assert tm == 1 and tn > 1
-    assert cpu_codegen.gemm_tiles(Shape(64, 64, 64, 576)) == (1, 1)  # the batch is enough
+    # b is the big operand: cut by column, so that it is packed once, not once a row tile
+    assert cpu_codegen.gemm_tiles(Shape(1, 512, 2048, 784), 2) == (1, 2)
+    assert cpu_codegen.gemm_tiles(Shape(1, 2048, 512, 784), 2) == (2, 1)
+    assert cpu_codegen.gemm_tiles(Shape(64, 64, 64, 576), 16) == (1, 1)  # the batch is enough
 
 
 def test_set_num_threads_checks_its_argument():

@@ -38,6 +38,14 @@ def kernel_compiler() -> str:
 
 
 @lru_cache(maxsize=None)
+def gemm_tiles() -> int:
+    """How many tiles a big GEMM is cut into for this machine: its cores (the most threads a
+    step can use). Part of the program's key: the tiles decide a product's rounding."""
+    from ..runtime.threads import pool_size
+
+    return pool_size()
+
+
 def compiler_version() -> str:
     """A hash of the compiler's own source: a cached program made by other code is not used."""
     h = hashlib.sha256()
@@ -65,7 +73,8 @@ class CpuBackend(Backend):
 
             job = self.job
             self._code = job.timed("codegen", generate_cpu, job.program,
-                                   exact_math=job.exact_math, guard=job.guard)
+                                   exact_math=job.exact_math, guard=job.guard,
+                                   tiles=gemm_tiles())
         return self._code
 
     # ---- compiling ----
@@ -78,6 +87,7 @@ class CpuBackend(Backend):
 
         job = self.job
         key = job.timed("key", fingerprint, job.graph, job.guard, job.remat, job.exact_math,
+                        gemm_tiles(),
                         compiler_version())
         text, why = job.timed("program_cache", cache.load_program, key)
         if text is not None:

@@ -74,8 +74,9 @@ class GeneratedCode:
 class _Builder(ScheduleWriter):
     TARGET = "CPU"
 
-    def __init__(self, program, exact_math=False, guard=None):
+    def __init__(self, program, exact_math=False, guard=None, tiles=1):
         super().__init__(program, guard)
+        self.tiles = tiles  # how many tiles a big GEMM is cut into (gemm_tiles)
         self.stats = program.stats()
         self.exact_math = exact_math
         self.kernels: list[Kernel] = []
@@ -279,7 +280,7 @@ class _Builder(ScheduleWriter):
                                                 Flag(shape.transpose_a),
                                                 Flag(shape.transpose_b))), what, loc)
             return
-        tm, tn = gemm_tiles(shape)
+        tm, tn = gemm_tiles(shape, self.tiles)
         units = shape.batch * tm * tn
         self.library(LibCall("gemm", (Int(0), Int(1), Array(ins[0]), Array(ins[1]),
                                       Array(outs[0]), *(Int(v) for v in shape.sizes),
@@ -491,30 +492,42 @@ def _rows_of(n: int) -> tuple[int, int]:
 
 # GEMMs: single-threaded BLAS calls on tiles fixed here, shared out to the workers (so a
 # product's every element comes from the same BLAS call whatever the number of threads: the
-# results are bitwise the same on 1 or 64 threads, which OpenBLAS's own threads do not give)
-# (measured: a 128^3 product, 4 MFLOP, ran 1.4x faster in tiles on 2 threads; tiles ran no
-# slower than one call on one thread down to 16 rows)
+# results are bitwise the same on 1 or all threads, which OpenBLAS's own threads do not give).
+# Each tile is a BLAS call that packs its operands afresh (measured, 512x784 @ 784x2048 on one
+# thread: one call 17.0 ms, 64 tiles of 32x512 26.5 ms, 8 tiles of 128x1024 19.4 ms), so there
+# are as few as the machine's cores need, cut where the repacking costs least.
 GEMM_MIN_FLOPS = 1 << 22  # a product smaller than this stays one call on one thread
-GEMM_TILE_FLOPS = 1 << 21  # tiles are at least this much work (BLAS packs each tile afresh)
+GEMM_TILE_FLOPS = 1 << 21  # tiles are at least this much work
 GEMM_TILE_EDGE = 32  # and at least this many rows and columns
 
 
-def gemm_tiles(shape) -> tuple[int, int]:
-    """(row tiles, column tiles) of each product of a GEMM: enough tiles for MAX_UNITS
-    workers counting the batch, each at least GEMM_TILE_FLOPS and GEMM_TILE_EDGE square."""
+def gemm_tiles(shape, tiles: int) -> tuple[int, int]:
+    """(row tiles, column tiles) of each product of a GEMM: about `tiles` tiles in all,
+    counting the batch (the machine's cores: runtime/threads.py), each at least
+    GEMM_TILE_FLOPS and GEMM_TILE_EDGE square, shaped so that the operands BLAS packs again
+    for every tile (b for each row tile, a for each column tile) are the smallest."""
     m, n, k = shape.m, shape.n, shape.k
     flops = 2 * m * n * k
     if flops * shape.batch < GEMM_MIN_FLOPS:
         return 1, 1
-    want = min(-(-MAX_UNITS // shape.batch), max(1, flops // GEMM_TILE_FLOPS))
-    tm = max(1, min(want, m // GEMM_TILE_EDGE))
-    tn = max(1, min(-(-want // tm), n // GEMM_TILE_EDGE))
-    return tm, tn
+    want = min(-(-tiles // shape.batch), max(1, flops // GEMM_TILE_FLOPS))
+    if want <= 1:
+        return 1, 1
+    best = None
+    for tm in range(1, want + 1):
+        tn = -(-want // tm)
+        if (tm > 1 and m // tm < GEMM_TILE_EDGE) or (tn > 1 and n // tn < GEMM_TILE_EDGE):
+            continue
+        repacked = tm * k * n + tn * m * k
+        if best is None or repacked < best[0]:
+            best = (repacked, tm, tn)
+    return (best[1], best[2]) if best is not None else (1, 1)
 
 
-def generate_cpu(program, exact_math=False, guard=None) -> GeneratedCode:
-    """The CompiledProgram of `program` and its readable schedule (see module docstring)."""
-    return _Builder(program, exact_math, guard).generate()
+def generate_cpu(program, exact_math=False, guard=None, tiles=1) -> GeneratedCode:
+    """The CompiledProgram of `program` and its readable schedule (see module docstring);
+    `tiles`: how many tiles a big GEMM is cut into, the cores of the machine."""
+    return _Builder(program, exact_math, guard, tiles).generate()
 
 
 def render_source(code: GeneratedCode) -> str:
