@@ -214,8 +214,8 @@ def test_fewer_workers_while_other_processes_hold_the_cores(monkeypatch):
     clock["t"] += 1.0
     clock["busy"] += 2.0  # two cores busy for a second, none of it ours
     assert threads.workers_now() == 2
-    clock["t"] += 0.1  # within the interval: the last sample stands
-    clock["busy"] += 0.4
+    clock["t"] += watch.INTERVAL / 2  # within the interval: the last sample stands
+    clock["busy"] += 4 * watch.INTERVAL / 2
     assert threads.workers_now() == 2
     clock["t"] += 1.0  # the others stopped
     assert threads.workers_now() == 4

@@ -96,9 +96,12 @@ class _CoreWatch:
     Why: a worker that has to wait for a core held by another process stalls every parallel
     call until the scheduler gives it one (measured here: a split 100 us call took 180 us with
     the other core busy, a 25 us step 300 us). Results do not depend on the number of workers,
-    so running on fewer while the cores are shared costs nothing but the parallelism."""
+    so running on fewer while the cores are shared costs nothing but the parallelism. The
+    interval is short: with half-second samples, benchmarks alternating processes every half
+    second saw the previous one's work and ran fusegrad on one thread (mlp-large 136 ms a step
+    instead of 88)."""
 
-    INTERVAL = 0.5  # seconds between samples
+    INTERVAL = 0.05  # seconds between samples: short, so that a burst of other work ends soon
     BUSY = 0.5  # a core counts as taken when others used more than this fraction of it
 
     def __init__(self):
