@@ -114,6 +114,9 @@ def plan_rounds(active, rounds, min_rounds, budget_seconds) -> int:
     return max(min_rounds, min(rounds, int(budget_seconds // per_round)))
 
 
+SETTLE_SECONDS = 0.2
+
+
 def run_workload(workload, pool, names, rounds, block_seconds, check_steps=3, min_rounds=5,
                  budget_seconds=math.inf, log=print) -> list[Result]:
     """Prepare every named contender (each in its worker process, one after the other), then
@@ -140,6 +143,9 @@ def run_workload(workload, pool, names, rounds, block_seconds, check_steps=3, mi
         for remote, r in active[shift:] + active[:shift]:
             if not r.ok:
                 continue
+            # the previous contender's thread pools spin for a while after its block (OpenMP,
+            # Eigen): let them go idle first, so each block runs on cores nobody else uses
+            time.sleep(SETTLE_SECONDS)
             try:
                 r.samples.extend(remote.block(r.block))
                 r.rounds += 1

@@ -115,9 +115,10 @@ class _CoreWatch:
                 fields = f.readline().split()[1:]
         except OSError:
             return None
-        ticks = [int(x) for x in fields]
-        idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)  # idle + iowait
-        return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+        # user, nice, system; irq, softirq: time the machine's processes ran (not idle,
+        # iowait, nor a VM's steal time: the hypervisor's, which fewer workers do not help)
+        ticks = [int(x) for x in fields[:7]]
+        return (sum(ticks[:3]) + sum(ticks[5:7])) / os.sysconf("SC_CLK_TCK")
 
     def free_cores(self, total: int):
         now = time.monotonic()
