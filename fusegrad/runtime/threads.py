@@ -231,5 +231,6 @@ def describe() -> str:
     blas = blas_threads()
     return (f"{n} thread{'s' if n != 1 else ''} (of {cores()} cores; pool: {layer()}); "
             f"GEMMs in tiles shared by the same threads, "
-            + (f"OpenBLAS on {blas} thread{'s' if blas != 1 else ''} per tile"
+            + ("OpenBLAS on 1 thread per tile" if blas == 1 else
+               f"OpenBLAS on {blas} threads until the CPU runtime loads, then 1 per tile"
                if blas is not None else "BLAS: not SciPy's OpenBLAS"))
