@@ -57,6 +57,10 @@ def _calls(source):
     return [ln for ln in source.splitlines() if ln.startswith("#") and "(" in ln]
 
 
+MULTICORE = pytest.mark.skipif(threads.pool_size() < 2, reason="one core: GEMMs are not tiled")
+
+
+@MULTICORE
 def test_small_calls_stay_on_one_thread_and_big_ones_are_split():
     """The threshold: a step on a small batch splits nothing (waking workers would cost more
     than the work); the same model on a big batch splits its loops and GEMMs."""
@@ -224,3 +228,37 @@ def test_fewer_workers_while_other_processes_hold_the_cores(monkeypatch):
     assert threads.workers_now() == 1  # never fewer than one
     monkeypatch.setenv("FUSEGRAD_SHARE_CORES", "0")
     assert threads.workers_now() == 4
+
+
+@MULTICORE
+def test_a_threading_layer_that_cannot_start_means_one_thread_and_a_warning(monkeypatch):
+    """No pool (e.g. a layer Numba cannot load here): the step warns once and runs on one
+    thread with the same results, instead of failing."""
+    from numba.np.ufunc import parallel
+
+    def loss_fn(p, x):
+        return fg.mean(fg.relu(x @ p["w"]) ** 2)
+
+    x = np.ones((512, 512), np.float32)
+    w0 = np.full((512, 512), 0.01, np.float32)
+    before = fg.get_num_threads()
+    fg.set_num_threads(1)
+    p1 = {"w": w0.copy()}
+    fg.train_step(loss_fn, fg.optim.SGD(lr=0.01))(p1, x)
+
+    def broken():
+        raise ImportError("no threading layer here")
+
+    threads.parallel_for_address.cache_clear()
+    monkeypatch.setattr(parallel, "_launch_threads", broken)
+    monkeypatch.setenv("FUSEGRAD_SHARE_CORES", "0")  # ask for the pool whatever the load
+    try:
+        fg.set_num_threads(threads.pool_size())
+        p2 = {"w": w0.copy()}
+        with pytest.warns(RuntimeWarning, match="one thread"):
+            fg.train_step(loss_fn, fg.optim.SGD(lr=0.01))(p2, x)
+        np.testing.assert_array_equal(p1["w"], p2["w"])
+    finally:
+        monkeypatch.undo()
+        threads.parallel_for_address.cache_clear()
+        fg.set_num_threads(before)

@@ -158,10 +158,11 @@ class Executable:
     def _call(self) -> int:
         """One call into the dispatcher, on the threads fg.set_num_threads chose."""
         n = threads.workers_now() if self.parallel else 1
-        if n == 1:
+        address = threads.parallel_for_address() if n > 1 else 0
+        if not address:  # one thread (or no pool could be started: said once, in a warning)
             self.block[THREADS] = 1
             return self._run(self._block_address)
-        self.block[PARALLEL_FOR] = threads.parallel_for_address()
+        self.block[PARALLEL_FOR] = address
         with threads.RUN_LOCK:
             self.block[THREADS] = n
             return self._run(self._block_address)

@@ -163,17 +163,27 @@ def parallel_for_address() -> int:
     """The address of the threading layer's parallel_for, launching the pool on first call
     (the layer Numba picks: OpenMP where it has it, whose threads wait spinning, so handing a
     call to them costs ~3.5 us here against ~70 us for the workqueue layer's sleeping
-    threads; NUMBA_THREADING_LAYER chooses another)."""
+    threads; NUMBA_THREADING_LAYER chooses another). 0, after one warning, when no layer can
+    be started here: steps then run on one thread, with the same results."""
     import llvmlite.binding as llvm
-    from numba.np.ufunc import parallel
 
-    with _launch_lock:
-        parallel._launch_threads()
-        if _pool["pid"] is None:
-            _pool["pid"] = os.getpid()
-    address = llvm.address_of_symbol("numba_parallel_for")
-    if not address:
-        raise RuntimeError("Numba's threading layer did not register numba_parallel_for")
+    try:
+        from numba.np.ufunc import parallel
+
+        with _launch_lock:
+            parallel._launch_threads()
+            if _pool["pid"] is None:
+                _pool["pid"] = os.getpid()
+        address = llvm.address_of_symbol("numba_parallel_for")
+        if not address:
+            raise RuntimeError("the threading layer registered no numba_parallel_for")
+    except Exception as exc:  # noqa: BLE001 - any failure: run on one thread, say why once
+        import warnings
+
+        warnings.warn(f"fusegrad: Numba's threading layer could not be started ({exc}); "
+                      f"compiled steps run on one thread (NUMBA_THREADING_LAYER chooses "
+                      f"another layer)", RuntimeWarning, stacklevel=3)
+        return 0
     return address
 
 
