@@ -1,4 +1,5 @@
-"""Plots the examples share beyond fg.plot_history: a confusion matrix, and where files go."""
+"""What the examples share beyond fg.plot_history: their options, held-out metrics, a
+confusion matrix."""
 from __future__ import annotations
 
 import argparse
@@ -17,6 +18,15 @@ def arguments(description: str) -> argparse.Namespace:
     args = parser.parse_args()
     Path(args.out).mkdir(parents=True, exist_ok=True)
     return args
+
+
+def loss_and_accuracy(logits, labels) -> tuple[float, float]:
+    """Mean softmax cross-entropy and accuracy of logits (n, classes) for integer labels, in
+    NumPy (the held-out evaluation, outside the compiled step)."""
+    shifted = logits - logits.max(1, keepdims=True)
+    logp = shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
+    loss = float(-logp[np.arange(len(labels)), labels].mean())
+    return loss, float(np.mean(logits.argmax(1) == labels))
 
 
 def confusion(y_true, y_pred, classes: int) -> np.ndarray:
