@@ -14,7 +14,9 @@ its runtime loads and splits each big product into tiles fixed at compile time, 
 the same workers (codegen/cpu.py, gemm_tiles): one pool, so BLAS threads never spin against
 the kernels' (measured 2-2.5x slower kernels right after a GEMM otherwise), and results that do
 not depend on the number of threads (OpenBLAS's own threads change a product's rounding).
-A side effect to know: scipy.linalg in the same process then runs on one thread too.
+A side effect to know: scipy.linalg in the same process then runs on one thread too. Where
+SciPy uses another BLAS (not its bundled OpenBLAS) fusegrad cannot set its threads: the tiles
+then run on that library's threads as well.
 
 Results do not depend on the number of threads: the code generator splits work only where
 every element is computed the same way by whichever worker computes it, and column reductions
@@ -32,7 +34,8 @@ from .. import config
 
 _state = {"threads": None}  # None: not set yet (FUSEGRAD_NUM_THREADS or the cores, on first use)
 _launch_lock = threading.Lock()
-# the workqueue layer is not re-entrant: two Python threads running steps at once take turns
+# two Python threads running steps at once take turns with the pool (Numba's workqueue layer,
+# which NUMBA_THREADING_LAYER may pick, is not re-entrant)
 RUN_LOCK = threading.Lock()
 
 
@@ -58,21 +61,19 @@ def get_num_threads() -> int:
     n = _state["threads"]
     if n is None:
         wanted = config.get("FUSEGRAD_NUM_THREADS")
-        n = (_checked(wanted, "FUSEGRAD_NUM_THREADS") if wanted is not None
-             else min(cores(), pool_size()))
-        _apply(n)
+        n = _state["threads"] = (_checked(wanted, "FUSEGRAD_NUM_THREADS")
+                                 if wanted is not None else min(cores(), pool_size()))
     return n
 
 
 def set_num_threads(n: int) -> None:
     """Run compiled steps (their parallel kernels and their GEMMs) on n threads: from 1 to the
     pool's size (NUMBA_NUM_THREADS, set before Numba is imported, raises it)."""
-    _apply(_checked(n, "set_num_threads(n)"))
+    _state["threads"] = _checked(n, "set_num_threads(n)")
 
 
 def _checked(n, what) -> int:
-    if isinstance(n, bool) or not isinstance(n, int) and not (
-            hasattr(n, "__index__") and not isinstance(n, float)):
+    if isinstance(n, bool) or not hasattr(n, "__index__"):  # ints and NumPy's integers
         raise TypeError(f"{what}: the number of threads is an integer, got {n!r}")
     n = int(n)
     top = pool_size()
@@ -81,10 +82,6 @@ def _checked(n, what) -> int:
                          f"Numba's thread pool: set NUMBA_NUM_THREADS before importing "
                          f"fusegrad for more)")
     return n
-
-
-def _apply(n: int) -> None:
-    _state["threads"] = n
 
 
 # ---- sharing the cores: fewer workers while other processes keep cores busy -------------------

@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from math import prod
 from typing import NamedTuple
+
+import numpy as np
 
 from ...ir.printer import var_names
 from ..artifact import (ARENA, BASES, CONSTANTS, FLOATS, INTS, LOOP, SCRATCH, ZERO,
@@ -167,9 +170,8 @@ class _Builder(ScheduleWriter):
         share = MOVEMENT_UNITS.get(call.fn)
         if share is not None:  # (worker, workers) first; split when big enough
             n, elements = share(*(a.value for a in call.args))
-            itemsize = 8 if call.arrays()[-1].dtype in ("float64", "int64") else 4
-            units = min(n, MAX_UNITS) if n > 1 and elements * itemsize >= \
-                PARALLEL_MIN_BYTES else 0
+            moved = elements * np.dtype(call.arrays()[-1].dtype).itemsize
+            units = min(n, MAX_UNITS) if n > 1 and moved >= PARALLEL_MIN_BYTES else 0
             call = LibCall(call.fn, (Int(0), Int(1), *call.args))
         dtypes = tuple(h.dtype for h in call.arrays())
         name, text = library_kernel(call.fn, dtypes)
@@ -463,10 +465,7 @@ def split(node, space, flat: bool, col_reds: bool) -> tuple[int, int, int]:
 def _strided_units(src, src_offset, src_strides, dst, dst_offset, dst_strides, sizes):
     """strided_copy splits the first of its five outer axes longer than one."""
     d = next((d for d in range(4) if sizes[d] != 1), 4)
-    total = 1
-    for n in sizes:
-        total *= n
-    return sizes[d], total
+    return sizes[d], prod(sizes)
 
 
 # library calls split over workers, by the loop each worker takes a share of (cpu_library):

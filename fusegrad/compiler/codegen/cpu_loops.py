@@ -101,24 +101,11 @@ class LoopKernel(LoopNest):
     @property
     def has_finish(self) -> bool:
         """Work after every worker's share: a combine pass, or per-call outputs to store."""
-        return bool(self.col_reds) or any(
-            self.maps[v] == SCALAR and v not in self.after_col and v not in self.after_row
-            for v in self.out_arg)
+        return bool(self.col_reds) or any(self._per_call(v) for v in self.out_arg)
 
-    def scratch_parts(self, R, C, workers=1) -> list:
-        """[(float64 elements, view dtype or None)] of the scratch arrays a call takes after
-        its operands (valid after source()): each column reduction's float64 partials, then
-        the row cache (one per worker), float32 when every value it holds is (no conversions
-        in the loops)."""
-        nch = min(R, CHUNKS)
-        parts = [(nch * C if size == "nch * C" else nch, None) for size in self.partials]
-        if self.row_slots:
-            n = len(self.row_slots) * C * workers
-            if self._row_cache_dtype() == "f32":
-                parts.append(((n + 1) // 2, "float32"))
-            else:
-                parts.append((n, None))
-        return parts
+    def _per_call(self, v) -> bool:
+        """A SCALAR output needing no reduction: stored once a call, in its finish."""
+        return self.maps[v] == SCALAR and v not in self.after_col and v not in self.after_row
 
     # ---- emission ----
     CACHEABLE = ("float32", "float64", "int32", "bool")  # exact in a float64 row cache
@@ -170,7 +157,7 @@ class LoopKernel(LoopNest):
         # worker has read the per-call values (an output may be written over an input)
         s_stores = []
         for v, names in self.out_arg.items():
-            if self.maps[v] == SCALAR and v not in self.after_col and v not in self.after_row:
+            if self._per_call(v):
                 s_stores += [f"{o}[0] = {self.need(v, S)}" for o in names]
         # the row body: phases for row reductions, then the elementwise pass
         self._passes, self.row_slots = [], {}
